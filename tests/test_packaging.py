@@ -1,0 +1,50 @@
+"""The set-up files agree with each other: environment.yml with pyproject.toml, .ci/run with the README."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_environment_yml_installs_the_project_through_pip():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = env["dependencies"]
+    python = next(d for d in deps if isinstance(d, str) and d.startswith("python"))
+    version = python.split("=", 1)[1]
+    minimum = re.match(r">=\s*([\d.]+)", project["requires-python"]).group(1)
+    assert tuple(map(int, version.split("."))) >= tuple(map(int, minimum.split(".")))
+    assert "pip" in deps
+    pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+    # The project itself, with extras that pyproject.toml defines, and nothing pinned beside it to drift.
+    assert len(pip) == 1
+    match = re.fullmatch(r"-e \.\[([\w,]+)\]", pip[0])
+    assert match, pip
+    assert set(match.group(1).split(",")) <= set(project["optional-dependencies"])
+
+
+def test_pyproject_has_the_extras_the_readme_uses():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert {"test", "notebooks", "bench"} <= set(extras)
+    # torch is only ever in the benchmark extra: the test install must stay small and CPU-only.
+    assert not any(d.startswith("torch") for name, ds in extras.items() if name != "bench" for d in ds)
+
+
+def readme_command(marker):
+    text = (ROOT / "README.md").read_text()
+    block = text.split(f"<!-- {marker} -->", 1)[1]
+    return block.split("```", 2)[1].split("\n", 1)[1].strip()
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    script = (ROOT / ".ci" / "run").read_text()
+    awk = re.search(r"cmd=\$\((awk .*README\.md)\)", script).group(1)
+    extracted = subprocess.run(["bash", "-c", awk], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert extracted.strip() == readme_command("test-command")
+    assert "\n" not in extracted.strip()

@@ -1,0 +1,165 @@
+"""A real JupyterLab on 127.0.0.1 and a real headless Chromium driving it, for the browser tests.
+
+Everything is hermetic: Jupyter's and IPython's configuration, data and runtime folders, matplotlib's cache and
+Chromium's profile live in a temporary folder; nothing reaches beyond loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def missing_requirements() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    if not Path(CHROMIUM).exists():
+        return "Chromium is not installed (Debian package 'chromium'; .ci/run installs it)"
+    try:
+        import playwright  # noqa: F401
+        import jupyterlab  # noqa: F401
+    except ImportError as e:
+        return f"{e.name} is not installed (pip install -e '.[test]')"
+    return None
+
+
+def hermetic_env(root: Path) -> dict[str, str]:
+    """Environment variables that keep Jupyter, IPython and matplotlib inside ``root``."""
+    env = dict(os.environ)
+    for name in ("IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "MPLCONFIGDIR"):
+        path = root / name.lower()
+        path.mkdir(parents=True, exist_ok=True)
+        env[name] = str(path)
+    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    # Tracebacks without colour codes, so a failing cell reads clearly in the test's output.
+    profile = root / "ipythondir" / "profile_default"
+    profile.mkdir(parents=True, exist_ok=True)
+    (profile / "ipython_kernel_config.py").write_text('c.InteractiveShell.colors = "nocolor"\n')
+    # The announcements pop-up would cover the notebook; render every cell (no windowing) so cells below the fold
+    # exist in the DOM.
+    labconfig = root / "jupyter_config_dir" / "labconfig"
+    labconfig.mkdir(parents=True, exist_ok=True)
+    (labconfig / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    settings = root / "lab-user-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
+    docmanager = root / "lab-user-settings" / "@jupyterlab" / "docmanager-extension"
+    docmanager.mkdir(parents=True, exist_ok=True)
+    (docmanager / "plugin.jupyterlab-settings").write_text(json.dumps({"autoStartDefaultKernel": True}))
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def jupyterlab(notebook_dir: Path, root: Path, timeout: float = 60.0):
+    """Serve ``notebook_dir`` with JupyterLab on 127.0.0.1; yields the base URL. Stops the server by its pid."""
+    env = hermetic_env(root)
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--allow-root",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        "--IdentityProvider.token=",
+        "--ServerApp.password=",
+        "--ServerApp.disable_check_xsrf=True",
+        f"--ServerApp.root_dir={notebook_dir}",
+        f"--LabApp.user_settings_dir={root / 'lab-user-settings'}",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
+    log = open(root / "jupyterlab.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=notebook_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited: {(root / 'jupyterlab.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/api/status", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"JupyterLab did not start: {(root / 'jupyterlab.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+@contextmanager
+def chromium_page(root: Path, width: int = 1400, height: int = 1000):
+    """A page in headless Chromium (Playwright, Debian's browser: never a downloaded one)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(root / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": width, "height": height},
+        )
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def open_and_run_all(page, url: str, notebook: str, timeout_ms: int = 60_000) -> None:
+    """Open ``notebook`` in JupyterLab, wait for its kernel, and run all cells from the Run menu."""
+    page.goto(f"{url}/lab/tree/{notebook}", timeout=timeout_ms)
+    page.wait_for_selector(".jp-Notebook", state="attached", timeout=timeout_ms)
+    accept_dialog(page)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached", timeout=timeout_ms)
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    accept_dialog(page)
+
+
+def accept_dialog(page, wait_ms: int = 1500) -> None:
+    """Accept a dialog (e.g. kernel selection) if one opens."""
+    try:
+        page.wait_for_selector(".jp-Dialog .jp-mod-accept", timeout=wait_ms)
+    except Exception:  # no dialog: nothing to accept
+        return
+    page.locator(".jp-Dialog .jp-mod-accept").first.click()

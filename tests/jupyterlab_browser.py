@@ -34,8 +34,8 @@ def missing_requirements() -> str | None:
     if not Path(CHROMIUM).exists():
         return "Chromium is not installed (Debian package 'chromium'; .ci/run installs it)"
     try:
-        import playwright  # noqa: F401
         import jupyterlab  # noqa: F401
+        import playwright  # noqa: F401
     except ImportError as e:
         return f"{e.name} is not installed (pip install -e '.[test]')"
     return None

@@ -107,7 +107,7 @@ def contenders(T, train, val):
     return {
         "training": (jax.jit(lambda h: plain_objective(h, T, train, val)), (many,)),
         "hgkit reverse": hgkit_fn(hg.Reverse(), many),
-        "hgkit reverse (reverse-over-reverse)": hgkit_fn(hg.Reverse(hvp="reverse-over-reverse"), many),
+        "hgkit reverse (forward-over-reverse)": hgkit_fn(hg.Reverse(hvp="forward-over-reverse"), many),
         "hgkit forward, m=3": hgkit_fn(hg.Forward(), few),
         "hgkit real-time Δ=T, m=3": hgkit_fn(hg.RealTime(delta=T), few),
         "jax.grad through scan": (jax.jit(jax.grad(lambda h: plain_objective(h, T, train, val))), (many,)),

@@ -15,8 +15,8 @@ from helpers import finite_differences, mlp, mlp_init, rel_err, toy_data, tree_l
 import hgkit as hg
 from hgkit.hypergrad import _compiled
 
-ALL_METHODS = [hg.Reverse(), hg.Reverse(hvp="reverse-over-reverse"), hg.Forward(), hg.RealTime(delta=5)]
-METHOD_IDS = ["reverse", "reverse_rr", "forward", "realtime"]
+ALL_METHODS = [hg.Reverse(), hg.Reverse(hvp="forward-over-reverse"), hg.Forward(), hg.RealTime(delta=5)]
+METHOD_IDS = ["reverse", "reverse_fr", "forward", "realtime"]
 
 # ----- a quadratic whose hypergradient has a closed form ------------------------------------------------------
 H = jnp.asarray([0.5, 1.0, 2.0, 3.0])  # curvatures

@@ -128,7 +128,7 @@ def trained_objective(problem, hparams, T, train_fn, batch):
 CASES = [(k, o) for k in KINDS for o in OPTIMIZERS if o in APPLIES.get(k, OPTIMIZERS)]
 METHODS = {
     "reverse": hg.Reverse(),
-    "reverse_rr": hg.Reverse(hvp="reverse-over-reverse"),
+    "reverse_fr": hg.Reverse(hvp="forward-over-reverse"),
     "forward": hg.Forward(),
     "realtime": hg.RealTime(delta=4),
 }
@@ -156,5 +156,5 @@ def test_matches_finite_differences_and_modes_agree(kind, opt):
         np.testing.assert_allclose(value, value_ref, rtol=1e-12)
         assert rel_err(g, fd) < 1e-6, (name, rel_err(g, fd))
         grads[name] = g
-    for name in ("reverse_rr", "forward", "realtime"):
+    for name in ("reverse_fr", "forward", "realtime"):
         assert rel_err(grads[name], grads["reverse"]) < 1e-9, (name, rel_err(grads[name], grads["reverse"]))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from shared_data import SHARED_MNIST
 
 from hgkit.datasets import corrupt_labels, hyper_cleaning_mnist, make_hyper_cleaning_split
 from hgkit.datasets.mnist import packaged_split_arrays
-
-SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist.npz"
 
 
 def test_packaged_split_has_the_papers_sizes_and_is_disjoint():

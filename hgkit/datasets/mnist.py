@@ -28,7 +28,7 @@ N_TRAIN = N_VAL = 5000
 
 
 class Split(NamedTuple):
-    """Images flattened to rows of floats in [0, 1]; labels int32."""
+    """A train / validation / test split, inputs as rows (MNIST: images as rows of floats in [0, 1], int32 labels)."""
 
     x_train: np.ndarray
     y_train: np.ndarray

@@ -37,3 +37,12 @@ __all__ = [
     "raise_if_diverged",
     "train_step",
 ]
+
+
+def __getattr__(name):
+    # hg.plot and hg.widgets load matplotlib / ipywidgets, so they are imported on first use, not with hgkit.
+    if name in ("plot", "widgets"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'hgkit' has no attribute {name!r}")

@@ -1,0 +1,75 @@
+"""The command line: ``hgkit reproduce NAME`` runs one of the paper's experiments and writes its report.
+
+Examples::
+
+    hgkit reproduce --list
+    hgkit reproduce hyper-cleaning                   # the default size: minutes on 2 CPU cores
+    hgkit reproduce hyper-cleaning --smoke           # seconds: what the tests run
+    hgkit reproduce hyper-cleaning --full --seeds 5 --out results/hyper-cleaning
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from . import experiments
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hgkit", description="hgkit: exact hypergradients of training runs")
+    commands = parser.add_subparsers(dest="command", required=True)
+    rep = commands.add_parser("reproduce", help="run one of the paper's experiments and write its report")
+    rep.add_argument("experiment", nargs="?", help="the experiment's name (see --list)")
+    rep.add_argument("--list", action="store_true", help="list the experiments and exit")
+    size = rep.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="tiny settings (seconds): checks that it runs")
+    size.add_argument("--full", action="store_true", help="the settings of the published figures (long)")
+    rep.add_argument("--seeds", type=int, metavar="N", help="repeat over seeds 0..N-1 (overrides the config)")
+    rep.add_argument(
+        "--out", type=Path, metavar="DIR", help="where to write the table and figures (default: results/NAME)"
+    )
+    rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _list() -> None:
+    print("experiments (hgkit reproduce NAME):")
+    for name in experiments.EXPERIMENTS:
+        module = experiments.load(name)
+        print(f"  {name:20s} {module.TITLE}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list:
+        _list()
+        return 0
+    if not args.experiment:
+        _parser().error(f"name an experiment ({', '.join(experiments.EXPERIMENTS)}) or use --list")
+    try:
+        module = experiments.load(args.experiment)
+    except ValueError as e:
+        _parser().error(str(e))
+    config = module.SMOKE if args.smoke else module.FULL if args.full else module.DEFAULT
+    if args.seeds is not None:
+        if args.seeds < 1:
+            _parser().error(f"--seeds must be at least 1; got {args.seeds}")
+        if not any(f.name == "seeds" for f in dataclasses.fields(config)):
+            _parser().error(f"{args.experiment} has no seeds to repeat over")
+        config = dataclasses.replace(config, seeds=tuple(range(args.seeds)))
+    out = args.out or Path("results") / args.experiment
+    print(f"{module.TITLE}\n{config}\n", flush=True)
+    start = time.perf_counter()
+    results = module.run(config, progress=not args.no_progress)
+    paths = module.write_report(results, out)
+    print(results.summary())
+    print(f"\n{time.perf_counter() - start:.0f} s; wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

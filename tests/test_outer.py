@@ -578,3 +578,28 @@ def test_bad_settings_are_refused_before_anything_runs():
         problem, hyper_optimizer=optax.adam))  # fmt: skip
     refused(TypeError, "each callback must be", HP, 2, T, callbacks=[3], **base)
     refused(TypeError, r"hparams\['lr'\] is a float", {**HP, "lr": 0.1}, 2, T, **base)
+
+
+# ----- the README -----------------------------------------------------------------------------------------------
+
+
+def test_readme_loop_section_runs_as_written(monkeypatch, tmp_path):
+    """The quickstart and the loop section executed verbatim, on a 200-image slice of the data to stay quick."""
+    import pathlib
+
+    import hgkit.datasets
+    from hgkit.datasets.mnist import Split
+
+    full = hgkit.datasets.hyper_cleaning_mnist()
+    small = Split(*(a[:200] for a in full))
+    monkeypatch.setattr(hgkit.datasets, "hyper_cleaning_mnist", lambda: small)
+    monkeypatch.chdir(tmp_path)
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    quickstart = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    loop = text.split("## The optimization loop", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(quickstart + loop, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert len(result.history) == 20 and result.stopped is None
+    assert result.history.val_loss.iloc[-1] < result.history.val_loss.iloc[0]
+    assert (tmp_path / "runs" / "quickstart" / "hyperopt.npz").exists()

@@ -72,3 +72,88 @@ def test_cost_config_refuses_bad_sizes():
         cost.Config(ms=(0, 4))
     with pytest.raises(ValueError, match="Config.dtype"):
         cost.Config(dtype="int8")
+
+
+# ----- real-time tuning -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def realtime_results():
+    from hgkit.experiments import realtime_tuning
+
+    return realtime_tuning.run(realtime_tuning.SMOKE, progress=False)
+
+
+def test_realtime_one_row_per_chunk_hyperparameters_move_validation_improves(realtime_results):
+    c = realtime_results.config
+    history = realtime_results.rtho.history
+    chunks = c.T // c.delta
+    assert len(history) == chunks
+    assert history["inner_steps"].tolist() == [c.delta * (i + 1) for i in range(chunks)]
+    # The first chunk ran under the starting values; by the end each hyperparameter has moved.
+    assert history[["lr", "mu", "wd"]].iloc[0].tolist() == pytest.approx([c.lr, c.momentum, c.weight_decay])
+    tuned = realtime_results.rtho.hparams
+    for name, start in (("lr", c.lr), ("mu", c.momentum), ("wd", c.weight_decay)):
+        assert abs(float(tuned[name]) / start - 1) > 0.05, (name, float(tuned[name]), start)
+    # Constraints: η and wd positive (log), μ inside (0, 1) (sigmoid), all along the run.
+    assert (history["lr"] > 0).all() and (history["wd"] > 0).all()
+    assert ((history["mu"] > 0) & (history["mu"] < 1)).all()
+    assert history["val_loss"].iloc[-1] < 0.7 * history["val_loss"].iloc[0]
+    assert history["val_error"].iloc[-1] < history["val_error"].iloc[0]
+
+
+def test_realtime_compares_three_methods_on_equal_compute(realtime_results, tmp_path):
+    from hgkit.experiments import realtime_tuning
+
+    c = realtime_results.config
+    table = realtime_results.table.set_index("method")
+    assert list(table.index) == list(realtime_tuning.METHODS)
+    # RTHO and random search are charged (1 + m) T plain steps for m = 3 hyperparameters; fixed T.
+    assert table["step_equivalents"].to_dict() == {"fixed": c.T, "RTHO": 4 * c.T, "random search": 4 * c.T}
+    runs = realtime_results.curves["random search"]
+    assert runs["run"].nunique() == 4 and len(runs) == 4 * (c.T // c.delta)
+    # The fixed run keeps the starting values; every method learns well above chance (10 classes).
+    assert table.loc["fixed", ["lr", "mu", "wd"]].tolist() == pytest.approx([c.lr, c.momentum, c.weight_decay])
+    assert (table["test_accuracy"] > 0.5).all()
+    # Random search keeps its best run: no other run ended with a lower validation error.
+    ends = runs.groupby("run")["val_error"].last()
+    assert table.loc["random search", "val_error"] == pytest.approx(ends.min())
+    _report_files(realtime_tuning, realtime_results, tmp_path)
+    assert "RTHO" in realtime_results.summary()
+
+
+# ----- task interactions ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def interaction_results():
+    from hgkit.experiments import task_interactions
+
+    return task_interactions.run(task_interactions.SMOKE, progress=False)
+
+
+def test_task_interactions_C_symmetric_nonnegative_and_learned(interaction_results):
+    c = interaction_results.config
+    C = interaction_results.C
+    assert C.shape == (10, 10)
+    np.testing.assert_array_equal(C, C.T)
+    assert np.all(np.diag(C) == 0) and np.all(C >= 0) and np.all(C <= c.c_max)
+    assert not np.allclose(C[np.triu_indices(10, 1)], c.c0)  # it moved from the uniform start
+    learned = interaction_results.learned
+    assert float(learned.hparams["wd"]) > 0
+    assert learned.history["val_loss"].iloc[-1] < learned.history["val_loss"].iloc[0]
+    assert np.all(np.asarray(interaction_results.independent.hparams["C"]) == 0)
+
+
+def test_task_interactions_table_and_report(interaction_results, tmp_path):
+    from hgkit.experiments import task_interactions
+
+    table = interaction_results.table.set_index("method")
+    assert list(table.index) == list(task_interactions.METHODS)
+    assert (table["wd"] > 0).all()
+    assert table.loc["independent", "C_max"] == 0 and table.loc["uniform C", "C_mean"] == pytest.approx(0.1)
+    # The learned hyperparameters fit the validation objective they descended at least as well as the start.
+    assert table.loc["learned C", "val_loss"] <= table.loc["uniform C", "val_loss"]
+    assert ((table["test_accuracy"] > 0.5) & (table["test_task_accuracy"] > 0.9)).all()
+    _report_files(task_interactions, interaction_results, tmp_path)
+    assert "strongest pairs" in interaction_results.summary()

@@ -48,3 +48,22 @@ def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def mean_over_seeds(table, columns, spread=()):
+    """Per method (in order of first appearance) the mean of ``columns`` over the seeds' rows, and the standard
+    deviation of ``spread`` as ``<name>_std`` when there are several seeds."""
+    grouped = table.groupby("method", sort=False)
+    out = grouped[list(columns)].mean()
+    if spread and table["seed"].nunique() > 1:
+        out = out.join(grouped[list(spread)].std(), rsuffix="_std")
+    return out.reset_index()
+
+
+def over_seeds(seeds, one_seed):
+    """Call ``one_seed(seed) -> (table, *rest)`` for each seed: the tables concatenated, and the first seed's rest
+    (what the figures are drawn from)."""
+    import pandas as pd
+
+    outputs = [one_seed(seed) for seed in seeds]
+    return pd.concat([out[0] for out in outputs], ignore_index=True), outputs[0][1:]

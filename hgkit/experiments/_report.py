@@ -1,0 +1,69 @@
+"""What the experiments' reports share: a DataFrame as a Markdown table, the table files, and saving figures.
+
+Example:
+    >>> import pandas as pd
+    >>> print(markdown_table(pd.DataFrame({"method": ["reverse"], "seconds": [0.0123456]})))
+    | method | seconds |
+    |---|---|
+    | reverse | 0.0123 |
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _cell(value, digits: int) -> str:
+    if isinstance(value, float | np.floating):
+        return "nan" if np.isnan(value) else f"{value:.{digits}g}"
+    return str(value)
+
+
+def markdown_table(frame, digits: int = 3) -> str:
+    """A DataFrame as a GitHub Markdown table, floats to ``digits`` significant digits (no index)."""
+    lines = ["| " + " | ".join(str(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v, digits) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def write_tables(frame, out_dir: Path, stem: str, title: str, notes: str = "") -> list[Path]:
+    """``stem.md`` (a title, the table, then ``notes``) and ``stem.csv`` (full precision) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+    md.write_text(f"# {title}\n\n{markdown_table(frame)}\n" + (f"\n{notes}\n" if notes else ""))
+    frame.to_csv(csv, index=False)
+    return [md, csv]
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save a matplotlib figure as PNG and close it (reports draw many; pyplot would keep them all)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def mean_over_seeds(table, columns, spread=()):
+    """Per method (in order of first appearance) the mean of ``columns`` over the seeds' rows, and the standard
+    deviation of ``spread`` as ``<name>_std`` when there are several seeds."""
+    grouped = table.groupby("method", sort=False)
+    out = grouped[list(columns)].mean()
+    if spread and table["seed"].nunique() > 1:
+        out = out.join(grouped[list(spread)].std(), rsuffix="_std")
+    return out.reset_index()
+
+
+def over_seeds(seeds, one_seed):
+    """Call ``one_seed(seed) -> (table, *rest)`` for each seed: the tables concatenated, and the first seed's rest
+    (what the figures are drawn from)."""
+    import pandas as pd
+
+    outputs = [one_seed(seed) for seed in seeds]
+    return pd.concat([out[0] for out in outputs], ignore_index=True), outputs[0][1:]

@@ -1,0 +1,407 @@
+"""Real-time hyperparameter optimization (RTHO; Franceschi et al., 2017, §5.3) on MNIST.
+
+One network is trained once, by minibatch heavy-ball momentum on the training loss
+
+    L(w; λ) = CE(w; minibatch) + ½ wd · Σ‖W‖²,        w ← w − η v,  v ← μ v + ∇L,
+
+and every Δ steps the learning rate η, the momentum μ and the weight decay wd are updated by Adam on the
+real-time hypergradient of the validation cross-entropy E(w_t): forward mode's tangents ``Z_t = dw_t/dλ`` are
+carried along the single run and never reset, so after each chunk ``dE/dλ ≈ ∂E/∂w_t Z_t`` costs nothing extra
+but the tangents' upkeep, about m = 3 more Jacobian-vector products per step: (1 + m)× a plain step.
+η and wd are optimized in log space (``λ = exp u``), μ through a sigmoid (``μ = σ(u)`` in (0, 1)).
+
+Compared, on the same network, minibatches and initial weights (the paper's TIMIT is not freely available, so
+this is MNIST, with the clean labels of the packaged 5,000 / 5,000 / 10,000 split):
+
+* **fixed**: the initial hyperparameters, never changed (T plain steps);
+* **RTHO**: one run of T steps tuned online, charged (1 + m)·T step-equivalents;
+* **random search**: the same (1 + m)·T step-equivalents spent as 1 + m full runs of T steps at hyperparameters
+  drawn log-uniformly (η, wd) and uniformly (μ); the run with the lowest validation error is kept.
+
+Wall times leave compilation out (each method compiles once; on small problems that would dominate).
+
+Example:
+    >>> from hgkit.experiments import realtime_tuning as rt
+    >>> rt.Config(T=100, delta=30)
+    Traceback (most recent call last):
+    ...
+    ValueError: Config.delta (30) must divide Config.T (100): real time runs T/Δ whole chunks
+    >>> rt.step_equivalents(T=1000, m=3)  # fixed, RTHO and random search
+    {'fixed': 1000, 'RTHO': 4000, 'random search': 4000}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+import hgkit as hg
+
+from ..datasets import hyper_cleaning_mnist
+from ._models import cross_entropy, error_rate, mlp, mlp_init, train_steps, weight_norm2
+from ._report import markdown_table, mean_over_seeds, over_seeds, save_figure, write_tables
+
+NAME = "real-time"
+TITLE = "Real-time tuning of learning rate, momentum and weight decay on MNIST (RTHO, §5.3)"
+
+HYPERPARAMETERS = ("lr", "mu", "wd")
+METHODS = ("fixed", "RTHO", "random search")
+METHOD_COLORS = {"fixed": "0.4", "RTHO": "tab:red", "random search": "tab:green"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Sizes, the starting hyperparameters, RTHO's settings and random search's ranges.
+
+    Attributes:
+        n_train, n_val, n_test: how many of the packaged split's 5,000 / 5,000 / 10,000 images are used.
+        width: the MLP's hidden units (784 → width → 10).
+        batch_size: the minibatch of each inner step.
+        T: inner steps of every training run; delta: Δ, inner steps between hyperparameter updates.
+        lr, momentum, weight_decay: the starting (and, for "fixed", the only) hyperparameters.
+        hyper_lr: Adam's step on the reparameterized hyperparameters (log η, logit μ, log wd).
+        lr_range, weight_decay_range: random search's log-uniform ranges; momentum_range: its uniform range.
+        seeds: one repetition per seed (weights, minibatch order and random search's draws).
+    """
+
+    n_train: int = 5000
+    n_val: int = 5000
+    n_test: int = 10000
+    width: int = 100
+    batch_size: int = 100
+    T: int = 3000
+    delta: int = 50
+    lr: float = 0.02
+    momentum: float = 0.5
+    weight_decay: float = 1e-3
+    hyper_lr: float = 0.05
+    lr_range: tuple[float, float] = (1e-3, 0.5)
+    momentum_range: tuple[float, float] = (0.0, 0.95)
+    weight_decay_range: tuple[float, float] = (1e-6, 1e-2)
+    seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        limits = {"n_train": 5000, "n_val": 5000, "n_test": 10000}
+        for name in ("n_train", "n_val", "n_test", "width", "batch_size", "T", "delta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Config.{name} must be a positive int; got {value!r}")
+            if value > limits.get(name, value):
+                raise ValueError(f"Config.{name} must be at most {limits[name]} (the packaged split); got {value}")
+        if self.T % self.delta:
+            raise ValueError(
+                f"Config.delta ({self.delta}) must divide Config.T ({self.T}): real time runs T/Δ whole chunks"
+            )
+        if self.batch_size > self.n_train:
+            raise ValueError(f"Config.batch_size ({self.batch_size}) exceeds Config.n_train ({self.n_train})")
+        if not (self.lr > 0 and self.weight_decay > 0 and 0 < self.momentum < 1 and self.hyper_lr > 0):
+            raise ValueError(
+                "Config needs lr > 0, weight_decay > 0, 0 < momentum < 1 and hyper_lr > 0; got "
+                f"lr={self.lr}, weight_decay={self.weight_decay}, momentum={self.momentum}, hyper_lr={self.hyper_lr}"
+            )
+        for name in ("lr_range", "momentum_range", "weight_decay_range"):
+            lo, hi = getattr(self, name)
+            if not (0 <= lo < hi) or (name != "momentum_range" and lo <= 0) or (name == "momentum_range" and hi >= 1):
+                raise ValueError(f"Config.{name} must be an increasing pair within its domain; got {(lo, hi)}")
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise ValueError(f"Config.seeds must be a non-empty tuple of ints; got {self.seeds!r}")
+
+
+SMOKE = Config(n_train=1000, n_val=500, n_test=1000, width=16, batch_size=50, T=200, delta=20, hyper_lr=0.1)
+DEFAULT = Config()
+FULL = Config(width=100, T=6000, delta=100, seeds=(0, 1, 2))
+
+
+def step_equivalents(T: int, m: int) -> dict[str, int]:
+    """The compute each method is charged, in plain inner steps: RTHO's tangents make a step (1 + m)× dearer,
+    and random search gets that budget as 1 + m runs of T steps."""
+    return {"fixed": T, "RTHO": (1 + m) * T, "random search": (1 + m) * T}
+
+
+# ----- the problem --------------------------------------------------------------------------------------------
+
+
+def load_data(config: Config):
+    """The packaged split, cut to the configured sizes, as float32 / int32 device arrays (clean labels)."""
+    split = hyper_cleaning_mnist()
+    return {
+        "train": (jnp.asarray(split.x_train[: config.n_train]), jnp.asarray(split.y_train[: config.n_train])),
+        "val": (jnp.asarray(split.x_val[: config.n_val]), jnp.asarray(split.y_val[: config.n_val])),
+        "test": (jnp.asarray(split.x_test[: config.n_test]), jnp.asarray(split.y_test[: config.n_test])),
+    }
+
+
+def minibatches(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """``(steps, batch_size)`` example indices: epochs of fresh permutations, cut into minibatches."""
+    rng = np.random.default_rng(seed)
+    per_epoch = n // batch_size
+    epochs = -(-steps // per_epoch)
+    order = np.concatenate([rng.permutation(n)[: per_epoch * batch_size] for _ in range(epochs)])
+    return order.reshape(-1, batch_size)[:steps].astype(np.int32)
+
+
+def make_problem(config: Config, data, seed: int):
+    """The bilevel problem and its minibatch function ``step -> (x, y)`` for one seed."""
+    x, y = data["train"]
+    order = jnp.asarray(minibatches(config.n_train, config.batch_size, config.T, seed))
+
+    def batch(step):
+        idx = order[step]
+        return x[idx], y[idx]
+
+    def train_loss(w, hp, b):
+        return cross_entropy(mlp(w, b[0]), b[1]) + 0.5 * hp["wd"] * weight_norm2(w)
+
+    def val_loss(w, hp, b):
+        return cross_entropy(mlp(w, b[0]), b[1])
+
+    problem = hg.BilevelProblem(
+        init=lambda hp, key: mlp_init(key, x.shape[1], config.width, 10),
+        train_loss=train_loss,
+        val_loss=val_loss,
+        optimizer=hg.optim.momentum(lr="lr", momentum="mu"),
+    )
+    return problem, batch
+
+
+def hparams_of(lr: float, mu: float, wd: float) -> dict:
+    return {"lr": jnp.asarray(lr, jnp.float32), "mu": jnp.asarray(mu, jnp.float32), "wd": jnp.asarray(wd, jnp.float32)}
+
+
+@jax.jit
+def evaluate(params, x, y):
+    """``(cross-entropy, error rate)`` of the MLP on ``(x, y)``."""
+    logits = mlp(params, x)
+    return cross_entropy(logits, y), error_rate(logits, y)
+
+
+def train_fixed(problem, batch, hp, config: Config, data, key, clock_offset: float = 0.0):
+    """T plain steps under fixed ``hp``, the validation loss and error after every chunk of Δ steps.
+
+    ``wall_time`` counts from the call, after a warm-up chunk that compiles (compilation is not charged).
+    """
+    state = hg.initial_state(problem, hp, key)
+    jax.block_until_ready(train_steps(problem, state, hp, jnp.int32(0), config.delta, batch))
+    rows, start = [], time.perf_counter()
+    for chunk in range(config.T // config.delta):
+        state, _ = train_steps(problem, state, hp, jnp.int32(chunk * config.delta), config.delta, batch)
+        val_loss, val_error = jax.device_get(evaluate(state.params, *data["val"]))
+        rows.append(
+            dict(
+                chunk=chunk,
+                inner_steps=(chunk + 1) * config.delta,
+                wall_time=clock_offset + time.perf_counter() - start,
+                val_loss=float(val_loss),
+                val_error=float(val_error),
+            )
+        )
+    return state.params, pd.DataFrame(rows)
+
+
+# ----- the three methods ----------------------------------------------------------------------------------------
+
+
+def run_rtho(problem, batch, config: Config, data, key, progress: bool):
+    """One training run tuned online by RTHO; the loop's result."""
+    x_val, y_val = data["val"]
+    opt = hg.HyperOptimizer(
+        problem,
+        method=hg.RealTime(delta=config.delta),
+        hyper_optimizer=optax.adam(config.hyper_lr),
+        constraints={"lr": hg.constraints.log(), "mu": hg.constraints.sigmoid(0.0, 1.0), "wd": hg.constraints.log()},
+        metrics={"val_error": lambda params, hp: error_rate(mlp(params, x_val), y_val)},
+    )
+    hp0 = hparams_of(config.lr, config.momentum, config.weight_decay)
+    return opt.run(hp0, T=config.T, train_data=batch, val_data=data["val"], key=key, progress=progress)
+
+
+def sample_configs(config: Config, n: int, seed: int) -> list[dict]:
+    """``n`` random-search draws: η and wd log-uniform, μ uniform in their ranges."""
+    rng = np.random.default_rng([seed, 1])
+
+    def log_uniform(lo, hi):
+        return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+    return [
+        dict(
+            lr=log_uniform(*config.lr_range),
+            mu=float(rng.uniform(*config.momentum_range)),
+            wd=log_uniform(*config.weight_decay_range),
+        )
+        for _ in range(n)
+    ]
+
+
+def run_one_seed(config: Config, data, seed: int, progress: bool):
+    """The three methods on one seed: the summary rows and the trajectories (one DataFrame per method)."""
+    problem, batch = make_problem(config, data, seed)
+    key = jax.random.PRNGKey(seed)
+    m = len(HYPERPARAMETERS)
+    budget = step_equivalents(config.T, m)
+
+    def test_accuracy(params):
+        return 1.0 - float(evaluate(params, *data["test"])[1])
+
+    rows, curves = [], {}
+
+    # fixed
+    hp0 = dict(lr=config.lr, mu=config.momentum, wd=config.weight_decay)
+    params, curve = train_fixed(problem, batch, hparams_of(**hp0), config, data, key)
+    curves["fixed"] = curve.assign(step_equivalents=curve["inner_steps"])
+    rows.append(dict(method="fixed", **hp0, **_final(curve), test_accuracy=test_accuracy(params)))
+
+    # RTHO
+    result = run_rtho(problem, batch, config, data, key, progress)
+    history = result.history
+    params = result.state.params
+    val_loss, val_error = (float(v) for v in evaluate(params, *data["val"]))
+    curves["RTHO"] = pd.DataFrame(
+        dict(
+            chunk=history["iteration"],
+            inner_steps=history["inner_steps"],
+            wall_time=_without_compilation(history["wall_time"].to_numpy(float)),
+            val_loss=history["val_loss"],
+            val_error=history["val_error"],
+            step_equivalents=history["inner_steps"] * (1 + m),
+        )
+    )
+    tuned = {k: float(v) for k, v in result.hparams.items()}
+    rows.append(
+        dict(method="RTHO", **tuned, val_loss=val_loss, val_error=val_error, test_accuracy=test_accuracy(params))
+    )
+
+    # random search, with RTHO's budget
+    draws = sample_configs(config, budget["random search"] // config.T, seed)
+    runs, clock = [], 0.0
+    for i, hp in enumerate(draws):
+        params, curve = train_fixed(problem, batch, hparams_of(**hp), config, data, key, clock_offset=clock)
+        clock = float(curve["wall_time"].iloc[-1])
+        curve = curve.assign(run=i, step_equivalents=curve["inner_steps"] + i * config.T)
+        runs.append((curve, params, hp))
+    curves["random search"] = pd.concat([c for c, _, _ in runs], ignore_index=True)
+    best_curve, best_params, best_hp = min(runs, key=lambda r: r[0]["val_error"].iloc[-1])
+    rows.append(dict(method="random search", **best_hp, **_final(best_curve), test_accuracy=test_accuracy(best_params)))
+
+    table = pd.DataFrame(rows)
+    table["step_equivalents"] = [budget[mth] for mth in table["method"]]
+    table["wall_time"] = [float(curves[mth]["wall_time"].iloc[-1]) for mth in table["method"]]
+    table.insert(0, "seed", seed)
+    return table, curves, result
+
+
+def _without_compilation(wall_time: np.ndarray) -> np.ndarray:
+    """The loop's clock less its first chunk's compilation, that chunk taken to last as long as the second."""
+    if len(wall_time) < 2:
+        return wall_time
+    first = wall_time[1] - wall_time[0]
+    return wall_time - wall_time[0] + first
+
+
+def _final(curve: pd.DataFrame) -> dict:
+    return dict(val_loss=float(curve["val_loss"].iloc[-1]), val_error=float(curve["val_error"].iloc[-1]))
+
+
+# ----- results --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """Per seed and method the final hyperparameters, validation loss and error, test accuracy, compute charged
+    and wall time (``table``); the first seed's trajectories (``curves``) and RTHO's loop result (``rtho``)."""
+
+    config: Config
+    table: pd.DataFrame
+    curves: dict
+    rtho: object
+
+    def means(self) -> pd.DataFrame:
+        """Mean and standard deviation over seeds per method."""
+        columns = ["val_error", "test_accuracy", "step_equivalents", "wall_time"]
+        return mean_over_seeds(self.table, columns, spread=["val_error", "test_accuracy"])
+
+    def summary(self) -> str:
+        c = self.config
+        history = self.rtho.history
+        start = {k: float(history[k].iloc[0]) for k in HYPERPARAMETERS}
+        end = {k: float(v) for k, v in self.rtho.hparams.items()}
+        moves = ", ".join(f"{k} {start[k]:.3g} → {end[k]:.3g}" for k in HYPERPARAMETERS)
+        return (
+            f"{TITLE}\nMLP 784-{c.width}-10, {c.n_train} training images, minibatches of {c.batch_size}, T = {c.T}, "
+            f"Δ = {c.delta}; seeds {list(c.seeds)}\n"
+            f"RTHO (seed {c.seeds[0]}): {moves}; validation loss {history['val_loss'].iloc[0]:.3f} → "
+            f"{history['val_loss'].iloc[-1]:.3f} over {len(history)} chunks\n" + markdown_table(self.means())
+        )
+
+
+def run(config: Config = DEFAULT, progress: bool = True) -> Results:
+    """Every method on every seed."""
+    data = load_data(config)
+    table, (curves, rtho) = over_seeds(config.seeds, lambda seed: run_one_seed(config, data, seed, progress))
+    return Results(config, table, curves, rtho)
+
+
+def draw_trajectories(fig, results: Results) -> dict:
+    """RTHO's η, μ and wd against inner steps, one panel each, the fixed values dashed."""
+    from .. import plot
+
+    history = results.rtho.history
+    axes = {}
+    for ax, name in zip(fig.subplots(1, 3), HYPERPARAMETERS, strict=True):
+        plot.hyperparameters(ax, history, [name], x="inner_steps")
+        ax.axhline(float(history[name].iloc[0]), color="0.5", linestyle="--", label="fixed")
+        ax.set_title({"lr": "learning rate η", "mu": "momentum μ", "wd": "weight decay"}[name])
+        if name != "mu":
+            ax.set_yscale("log")
+        ax.legend(fontsize="small")
+        axes[name] = ax
+    return axes
+
+
+def draw_validation(fig, results: Results) -> dict:
+    """Validation error against wall time and against compute charged, for the three methods (first seed).
+
+    Random search's runs are drawn one after the other; its thick line is the best validation error so far.
+    """
+    axes = dict(zip(("wall_time", "step_equivalents"), fig.subplots(1, 2), strict=True))
+    for x, ax in axes.items():
+        for method in METHODS:
+            curve = results.curves[method]
+            color = METHOD_COLORS[method]
+            if method == "random search":
+                for _, run in curve.groupby("run"):
+                    ax.plot(run[x], run["val_error"], color=color, alpha=0.3, linewidth=1)
+                ends = curve.groupby("run").tail(1)
+                ax.step(ends[x], ends["val_error"].cummin(), where="post", color=color, linewidth=2, label=method)
+            else:
+                ax.plot(curve[x], curve["val_error"], color=color, linewidth=2, label=method)
+        ax.set_xlabel("wall time (s)" if x == "wall_time" else "compute (plain inner-step equivalents)")
+        ax.set_ylabel("validation error")
+        ax.set_yscale("log")
+        ax.legend()
+    return axes
+
+
+def write_report(results: Results, out_dir) -> list[Path]:
+    """``real-time.md`` and ``.csv`` (every seed and method), ``real-time-hyperparameters.png`` and
+    ``real-time-validation.png``."""
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    notes = "## Mean over seeds\n\n" + markdown_table(results.means())
+    paths = write_tables(results.table, out_dir, NAME, TITLE, notes)
+    fig = plt.figure(figsize=(13, 3.8), layout="constrained")
+    draw_trajectories(fig, results)
+    fig.suptitle("RTHO: hyperparameters along the single training run")
+    paths.append(save_figure(fig, out_dir / f"{NAME}-hyperparameters.png"))
+    fig = plt.figure(figsize=(12, 4.2), layout="constrained")
+    draw_validation(fig, results)
+    fig.suptitle("Validation error: fixed hyperparameters, RTHO, random search with RTHO's compute")
+    paths.append(save_figure(fig, out_dir / f"{NAME}-validation.png"))
+    return paths

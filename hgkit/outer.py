@@ -245,7 +245,8 @@ class HyperOptimizer:
         # Strong dtypes from the start: a weakly typed jnp.asarray(0.1) would come back strong from the first update
         # and recompile the step.
         u0 = spec.leafwise("free", jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=x.dtype), hparams))
-        loaded = load_checkpoint(checkpoint_dir, fingerprint, _templates(spec, u0, key))
+        templates = _templates(spec, T, train_fn, u0, key, train_batch, val_data)
+        loaded = load_checkpoint(checkpoint_dir, fingerprint, templates)
         if loaded is None:  # a fresh start
             loop = _Loop(0, u0, spec.tx.init(u0), _initial_carry(spec, u0, key), None, None, (), {}, 0.0)
         else:
@@ -431,18 +432,14 @@ def _divergence(i: int, row, hp, so_far: HyperOptimizationResult, realtime: bool
     )
 
 
-def _templates(spec: _Spec, u0, key) -> dict:
-    """The pytree structures a checkpoint's leaves are put back into (they are not stored)."""
+def _templates(spec: _Spec, T, train_fn, u0, key, train_batch, val_data) -> dict:
+    """The pytree structures a checkpoint's leaves are put back into (they are not stored).
+
+    Found by tracing the step on shapes alone, which also checks the data and the problem before anything runs.
+    """
     carry = jax.eval_shape(functools.partial(_initial_carry, spec), u0, key)
-    if spec.realtime:
-        state = carry.state
-    else:
-        state = jax.eval_shape(lambda u: initial_state(spec.problem, spec.leafwise("value", u), key), u0)
+    opt_state = jax.eval_shape(spec.tx.init, u0)
+    step = functools.partial(_hyper_step, spec, T, train_fn)
+    _, _, _, state, _, _ = jax.eval_shape(step, u0, opt_state, carry, jnp.int32(0), key, train_batch, val_data)
     tree = jax.tree_util.tree_structure
-    return dict(
-        u=spec.treedef,
-        opt_state=tree(jax.eval_shape(spec.tx.init, u0)),
-        carry=tree(carry),
-        state=tree(state),
-        last_hp=spec.treedef,
-    )
+    return dict(u=spec.treedef, opt_state=tree(opt_state), carry=tree(carry), state=tree(state), last_hp=spec.treedef)

@@ -12,7 +12,13 @@ With ``method=hg.RealTime(Δ)`` there is a single training run of T steps: chunk
 ``λ_i``, the weights and tangents are carried on, and ``g_i`` is the real-time hypergradient at its end.
 
 Each hyper-iteration is one compiled call (hypergradient, optax update, projection and metrics together, compiled
-once per run settings) and one transfer to the host of the history row.
+once per run settings: new values of λ never recompile) and one transfer to the host of the history row.
+
+The history (a DataFrame, one row per hyper-iteration) reports λ_i, the constrained values used in iteration i,
+``f_i`` (``val_loss``), the last inner training loss, ``grad_norm = ‖g_i‖`` (in λ, not u) and its per-hyperparameter
+parts, and the metrics at the trained weights; ``history.attrs`` says which column is which. The inner run of
+iteration i draws its initial weights with ``jax.random.fold_in(key, i)``, so the same key gives the same history
+bit for bit. Checkpoints are one ``.npz`` file replaced atomically (format in :mod:`hgkit._checkpoint`).
 
 Example:
     >>> import jax.numpy as jnp, optax, hgkit as hg

@@ -2,10 +2,10 @@
 
 Example:
     >>> import pandas as pd
-    >>> print(markdown_table(pd.DataFrame({"method": ["reverse"], "seconds": [0.0123456]})))
-    | method | seconds |
-    |---|---|
-    | reverse | 0.0123 |
+    >>> print(markdown_table(pd.DataFrame({"method": ["reverse"], "seconds": [0.0123456], "steps": [3000.0]})))
+    | method | seconds | steps |
+    |---|---|---|
+    | reverse | 0.0123 | 3000 |
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import numpy as np
 
 def _cell(value, digits: int) -> str:
     if isinstance(value, float | np.floating):
+        if np.isfinite(value) and float(value).is_integer() and abs(value) >= 1:
+            return f"{int(value)}"  # counts averaged over seeds stay counts (3000, not 3e+03)
         return "nan" if np.isnan(value) else f"{value:.{digits}g}"
     return str(value)
 

@@ -185,10 +185,11 @@ def evaluate(params, x, y):
 def train_fixed(problem, batch, hp, config: Config, data, key, clock_offset: float = 0.0):
     """T plain steps under fixed ``hp``, the validation loss and error after every chunk of Δ steps.
 
-    ``wall_time`` counts from the call, after a warm-up chunk that compiles (compilation is not charged).
+    ``wall_time`` counts from after a warm-up chunk and evaluation that compile (compilation is not charged).
     """
     state = hg.initial_state(problem, hp, key)
-    jax.block_until_ready(train_steps(problem, state, hp, jnp.int32(0), config.delta, batch))
+    warm, _ = train_steps(problem, state, hp, jnp.int32(0), config.delta, batch)
+    jax.block_until_ready(evaluate(warm.params, *data["val"]))
     rows, start = [], time.perf_counter()
     for chunk in range(config.T // config.delta):
         state, _ = train_steps(problem, state, hp, jnp.int32(chunk * config.delta), config.delta, batch)

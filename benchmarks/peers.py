@@ -387,7 +387,7 @@ def plan(name: str, problem: str, T: int, previous: dict, max_point_s: float) ->
     if name not in previous:
         return "timed", ""
     T_prev, prev = previous[name]
-    if prev["status"] == "unavailable":
+    if prev["status"] in ("unavailable", "skipped"):  # a smaller T was already out of reach: same reason
         return "skip", prev["reason"]
     if prev["status"] != "ok":
         return "skip", f"{prev['status']} at T={T_prev}"

@@ -23,8 +23,8 @@ A point whose predicted cost (from the same contender at the previous T, scaled 
 ``--max-point-s`` runs one call only (memory and hypergradient, no timing), or is skipped if even that would
 exceed it; the reason is printed.
 
-Run: ``python benchmarks/peers.py`` (about 25 min on 2 shared cores; torch contenders need the ``bench`` extra:
-``pip install -e ".[bench]"``); ``--quick`` runs T = 100 only.
+Run: ``python benchmarks/peers.py --max-point-s 120`` (25-30 min on 2 shared cores, see BENCHMARKS.md; the torch
+contenders need the ``bench`` extra: ``pip install -e ".[bench]"``); ``--quick`` runs T = 100 only.
 """
 
 from __future__ import annotations

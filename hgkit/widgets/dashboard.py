@@ -55,6 +55,7 @@ STANDARD = ("iteration", "inner_steps", "wall_time", "val_loss", "train_loss", "
 VECTOR_SUFFIXES = (".mean", ".min", ".max", ".norm")
 MODES = ("auto", "widget", "text")
 SCALES = ("linear", "log")
+_clock = time.monotonic  # the throttle's clock (a module attribute, so tests can drive it)
 
 
 def in_notebook() -> bool:
@@ -188,7 +189,6 @@ class Dashboard:
         self._next_values = self._next_draw = 0.0
         self._stop.clear()
         self._running = True
-        self._start_time = time.monotonic()
         if self.mode == "text":
             total = self.info.get("hyper_iterations")
             method = self.info.get("method")
@@ -220,11 +220,12 @@ class Dashboard:
             self.on_start(_infer_info(record))
         self.records.append(dict(record))
         self._history = None
-        now = time.monotonic()
+        now = _clock()
         last = self.info.get("hyper_iterations") is not None and len(self.records) >= self.info["hyper_iterations"]
         final = last or self._stop.is_set()
-        if now >= self._next_values or now >= self._next_draw or final:
-            self._show(draw=now >= self._next_draw or final)
+        draw = final or (self.mode == "widget" and now >= self._next_draw)
+        if draw or now >= self._next_values:
+            self._show(draw=draw)
         return self._stop.is_set()
 
     __call__ = on_record
@@ -287,17 +288,17 @@ class Dashboard:
 
     def _show(self, draw: bool = True) -> None:
         """Show the latest record: its values at once, the plots when ``draw`` (the throttles decide)."""
-        now = time.monotonic()
+        now = _clock()
         if self.mode == "text":
             print(self._line(self.records[-1]), file=self.file or sys.stdout, flush=True)
         else:
             self.values.value = self._values_html(self.records[-1])
         self._next_values = now + self.min_interval
         if draw and self.mode == "widget":
-            start = time.monotonic()
+            start = _clock()
             self.redraw()
-            spent = time.monotonic() - start
-            self._next_draw = time.monotonic() + max(self.min_interval, spent / self.max_overhead)
+            spent = _clock() - start
+            self._next_draw = _clock() + max(self.min_interval, spent / self.max_overhead)
         self._shown = len(self.records)
 
     def _total(self) -> str:
@@ -347,7 +348,7 @@ class Dashboard:
         """Draw the three panels from the records into the image (widget mode)."""
         if self.mode != "widget" or not self.records:
             return
-        start = time.monotonic()
+        start = _clock()
         from .. import plot
 
         history = self.history
@@ -372,7 +373,7 @@ class Dashboard:
         self.image.value = buffer.getvalue()
         self._drawn = len(self.records)
         self.draws += 1
-        self.draw_seconds += time.monotonic() - start
+        self.draw_seconds += _clock() - start
 
     def _build_widgets(self) -> None:
         import ipywidgets as widgets

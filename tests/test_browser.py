@@ -10,6 +10,7 @@ Skips only when Chromium (or JupyterLab / Playwright) is not installed, and says
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -27,7 +28,8 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """JupyterLab serving a copy of notebooks/ (autosave must not write outputs into the repository), with
-    HGKIT_SMOKE=1 in the server's environment so that kernels inherit it; and a Chromium page."""
+    HGKIT_SMOKE=1 and this checkout's hgkit first on PYTHONPATH in the server's environment, so that kernels
+    inherit them; and a Chromium page."""
     why = missing_requirements()
     if why:
         pytest.skip(f"browser test not run: {why}")
@@ -36,6 +38,7 @@ def lab(tmp_path_factory):
     shutil.copytree(ROOT / "notebooks", notebooks)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HGKIT_SMOKE", "1")
+        mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         # A notebook's own settings, not the test suite's: inline figures, JAX's real device count.
         mp.delenv("MPLBACKEND", raising=False)
         mp.delenv("XLA_FLAGS", raising=False)

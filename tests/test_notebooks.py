@@ -7,6 +7,7 @@ when opened in JupyterLab. Beyond "no error", the notebooks below have their pri
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -32,7 +33,12 @@ def kernel_name(tmp_path, monkeypatch):
         "display_name": "hgkit (smoke)",
         "language": "python",
         # What a notebook server gives a kernel: inline figures (the tests' MPLBACKEND=Agg would hide them).
-        "env": {"HGKIT_SMOKE": "1", "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
+        # This checkout's hgkit first, whatever else is installed.
+        "env": {
+            "HGKIT_SMOKE": "1",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+        },
     }
     (spec / "kernel.json").write_text(json.dumps(kernel))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))

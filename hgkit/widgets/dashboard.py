@@ -247,6 +247,7 @@ class Dashboard:
             print(f"[hgkit] {summary}", file=self.file or sys.stdout, flush=True)
             return
         self.status.value = html.escape(summary) + f"; {self.draws} redraws, {self.draw_seconds:.2f} s drawing"
+        self.stop_button.description = "Stopped" if stopped else "Stop"
         self.stop_button.disabled = True
         for control in (self.select, *self.scales.values()):
             control.disabled = False
@@ -297,7 +298,8 @@ class Dashboard:
         if draw and self.mode == "widget":
             start = _clock()
             self.redraw()
-            spent = _clock() - start
+            # The first redraw also pays for loading matplotlib and its fonts: it says nothing of the next ones.
+            spent = _clock() - start if self.draws > 1 else 0.0
             self._next_draw = _clock() + max(self.min_interval, spent / self.max_overhead)
         self._shown = len(self.records)
 

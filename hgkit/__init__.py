@@ -3,7 +3,7 @@
 Franceschi, Donini, Frasconi, Pontil, "Forward and Reverse Gradient-Based Hyperparameter Optimization", ICML 2017.
 """
 
-from . import optim
+from . import constraints, optim
 from .hparams import MissingHyperparameterError
 from .hypergrad import (
     DivergenceError,
@@ -16,6 +16,7 @@ from .hypergrad import (
     hypergradient_result,
     raise_if_diverged,
 )
+from .outer import HyperDivergenceError, HyperOptimizationResult, HyperOptimizer
 from .problem import BilevelProblem, TrainState, initial_state, train_step
 
 __version__ = "0.1.0"
@@ -24,12 +25,16 @@ __all__ = [
     "BilevelProblem",
     "DivergenceError",
     "Forward",
+    "HyperDivergenceError",
+    "HyperOptimizationResult",
+    "HyperOptimizer",
     "HypergradientResult",
     "MissingHyperparameterError",
     "RealTime",
     "RealTimeState",
     "Reverse",
     "TrainState",
+    "constraints",
     "hypergradient",
     "hypergradient_result",
     "initial_state",

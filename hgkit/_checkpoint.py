@@ -1,0 +1,87 @@
+"""Checkpoints of the optimization loop: one ``.npz`` file per run directory, replaced atomically.
+
+``checkpoint_dir/hyperopt.npz`` holds, readable with ``np.load(path, allow_pickle=False)`` (no pickle, so loading
+a checkpoint never runs code):
+
+* ``u/<j>``, ``opt_state/<j>``, ``carry/<j>``, ``state/<j>``, ``last_hp/<j>``: the leaves, in tree order, of the
+  optimizer's variable, the optax state, what runs on between iterations (warm-restart state or real-time carry),
+  the last trained state and the hyperparameters of the last completed iteration;
+* ``snap/<iteration>/<j>``: the snapshots, leaf ``j`` in the hyperparameters' order;
+* ``meta``: a JSON string with the format version, the next iteration, the elapsed seconds, the history rows
+  (JSON writes floats with ``repr``, so they come back bit for bit), and the run's fingerprint (hyperparameter
+  names, shapes and dtypes, method, T), which a resuming run must match.
+
+Tree structures are not stored: the resuming run rebuilds them from its own settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FILE = "hyperopt.npz"
+FORMAT = 1
+TREES = ("u", "opt_state", "carry", "state", "last_hp")
+
+
+def save_checkpoint(directory, fingerprint: dict, loop: dict) -> None:
+    """Write the loop's state (a dict with the fields of ``outer._Loop``)."""
+    os.makedirs(directory, exist_ok=True)
+    arrays, present = {}, []
+    for field in TREES:
+        if loop[field] is not None:
+            present.append(field)
+            for j, x in enumerate(jax.tree_util.tree_leaves(jax.device_get(loop[field]))):
+                arrays[f"{field}/{j}"] = np.asarray(x)
+    for it, snap in loop["snapshots"].items():
+        for j, x in enumerate(snap.values()):
+            arrays[f"snap/{it}/{j}"] = np.asarray(x)
+    meta = dict(
+        format=FORMAT,
+        next=loop["next"],
+        elapsed=loop["elapsed"],
+        rows=list(loop["rows"]),
+        snapshots=sorted(loop["snapshots"]),
+        present=present,
+        fingerprint=fingerprint,
+    )
+    arrays["meta"] = np.asarray(json.dumps(meta))
+    path = os.path.join(directory, FILE)
+    tmp = path + ".tmp"
+    # Write a temporary file, flush it to disk, then rename it over the old checkpoint: os.replace is atomic, so a
+    # kill or Ctrl-C at any moment leaves either the previous checkpoint or the new one, never a torn file.
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(directory, fingerprint: dict, templates: dict) -> dict | None:
+    """The saved loop state as a dict of ``outer._Loop`` fields, or None if ``directory`` has no checkpoint."""
+    if directory is None or not os.path.exists(path := os.path.join(directory, FILE)):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"checkpoint {path} has format {meta.get('format')!r}; this hgkit reads {FORMAT}")
+        saved = meta["fingerprint"]
+        if saved != json.loads(json.dumps(fingerprint)):
+            diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+            raise ValueError(
+                f"checkpoint_dir {directory!r} holds a run with other settings, so it cannot be resumed: "
+                f"{ {k: f'saved {a!r}, now {b!r}' for k, (a, b) in diff.items()} }. "
+                "Use another checkpoint_dir or the same settings."
+            )
+        out = dict(next=meta["next"], elapsed=meta["elapsed"], rows=tuple(meta["rows"]))
+        for field in TREES:
+            treedef = templates[field]
+            leaves = [jnp.asarray(z[f"{field}/{j}"]) for j in range(treedef.num_leaves)]
+            out[field] = jax.tree_util.tree_unflatten(treedef, leaves) if field in meta["present"] else None
+        names = [n for n, *_ in fingerprint["hparams"]]
+        out["snapshots"] = {it: {n: z[f"snap/{it}/{j}"] for j, n in enumerate(names)} for it in meta["snapshots"]}
+    return out

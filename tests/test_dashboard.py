@@ -273,3 +273,101 @@ def test_import_hgkit_loads_neither_ipywidgets_nor_matplotlib():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+# ----- with the real loop -----------------------------------------------------------------------------------
+
+
+def ridge_problem():
+    """Ridge regression on a line: w = b / (1 + wd) after training, so the best weight decay is 1."""
+    import jax.numpy as jnp
+
+    import hgkit as hg
+
+    problem = hg.BilevelProblem(
+        init=lambda hp, key: jnp.zeros(2),
+        train_loss=lambda w, hp, b: jnp.sum((w - b) ** 2) + hp["wd"] * jnp.sum(w**2),
+        val_loss=lambda w, hp, b: jnp.sum((w - 0.5 * b) ** 2),
+        optimizer=hg.optim.momentum(lr="lr", momentum=0.5),
+    )
+    hparams = {"lr": jnp.asarray(0.1), "wd": jnp.asarray(0.1)}
+    return problem, hparams, dict(T=20, train_data=jnp.ones(2), val_data=jnp.ones(2), progress=False)
+
+
+@pytest.fixture(scope="module")
+def optimizer():
+    import optax
+
+    import hgkit as hg
+
+    problem, hparams, run_args = ridge_problem()
+    opt = hg.HyperOptimizer(
+        problem,
+        hyper_optimizer=optax.sgd(0.2),
+        constraints={"wd": hg.constraints.positive(), "lr": hg.constraints.box(0.01, 0.4)},
+    )
+    return opt, hparams, run_args
+
+
+def test_clicking_stop_during_a_real_run_ends_it_after_that_hyper_iteration(optimizer):
+    opt, hparams, run_args = optimizer
+    dash = Dashboard(mode="widget", min_interval=0)
+
+    def click_at_iteration_2(record):
+        if record["iteration"] == 2:
+            dash.stop_button.click()
+
+    result = opt.run(hparams, hyper_iterations=10, callbacks=[click_at_iteration_2, dash], **run_args)
+    assert result.stopped == "callback"
+    assert len(result.history) == 3 and list(result.history["iteration"]) == [0, 1, 2]
+    assert len(dash.records) == 3
+    assert "finished: 3 hyper-iterations (stopped: callback)" in dash.status.value
+    assert dash.stop_button.description == "Stopped" and dash.stop_button.disabled
+
+
+def test_a_real_run_is_shown_as_its_history(optimizer):
+    opt, hparams, run_args = optimizer
+    dash = Dashboard(mode="widget")
+    result = opt.run(hparams, hyper_iterations=8, callbacks=[dash], **run_args)
+    assert result.stopped is None
+    history = result.history
+    # The dashboard's records are the history's rows, and its attrs the loop's.
+    for column in history.columns:
+        np.testing.assert_array_equal(dash.history[column].to_numpy(), history[column].to_numpy())
+    assert dash.history.attrs == history.attrs
+    shown = values_of(dash)
+    assert shown["hyper-iteration"] == "8 / 8"
+    assert float(shown["val_loss"]) == pytest.approx(history["val_loss"].iloc[-1], rel=1e-3)
+    assert float(shown["wd"]) == pytest.approx(history["wd"].iloc[-1], rel=1e-3)
+    # The final picture holds the whole run: the validation curve and both trajectories.
+    ax = panels(dash)
+    np.testing.assert_allclose(ax["loss"].get_lines()[0].get_ydata(), history["val_loss"])
+    lines = {line.get_label(): line.get_ydata() for line in ax["hp"].get_lines()}
+    np.testing.assert_allclose(lines["wd"], history["wd"])
+    np.testing.assert_allclose(lines["lr"], history["lr"])
+    assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
+
+
+def test_a_real_run_in_text_mode(optimizer):
+    opt, hparams, run_args = optimizer
+    out = io.StringIO()
+    result = opt.run(hparams, hyper_iterations=4, callbacks=[Dashboard(file=out, min_interval=0)], **run_args)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[hgkit] 4 hyper-iterations, Reverse(") and lines[0].endswith("hyperparameters lr, wd")
+    assert [line.split()[1] for line in lines[1:-1]] == ["1/4", "2/4", "3/4", "4/4"]
+    last = result.history.iloc[-1]
+    assert f"val_loss {last['val_loss']:.4g}" in lines[-2] and f"wd {last['wd']:.4g}" in lines[-2]
+    assert lines[-1] == "[hgkit] finished: 4 hyper-iterations"
+
+
+def test_a_real_time_run(optimizer):
+    import hgkit as hg
+
+    _, hparams, run_args = optimizer
+    problem, _, _ = ridge_problem()
+    opt = hg.HyperOptimizer(problem, method=hg.RealTime(5), constraints={"wd": hg.constraints.positive()})
+    dash = Dashboard(mode="widget")
+    result = opt.run(hparams, callbacks=[dash], **run_args)  # one run of T = 20 steps: 4 chunks of 5
+    assert len(result.history) == len(dash.records) == 4
+    assert values_of(dash)["hyper-iteration"] == "4 / 4"
+    np.testing.assert_array_equal(dash.history["inner_steps"], [5, 10, 15, 20])

@@ -221,7 +221,8 @@ class Dashboard:
         self.records.append(dict(record))
         self._history = None
         now = _clock()
-        last = self.info.get("hyper_iterations") is not None and len(self.records) >= self.info["hyper_iterations"]
+        total = self.info.get("hyper_iterations")
+        last = total is not None and int(record.get("iteration", len(self.records) - 1)) + 1 >= total
         final = last or self._stop.is_set()
         draw = final or (self.mode == "widget" and now >= self._next_draw)
         if draw or now >= self._next_values:

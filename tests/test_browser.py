@@ -73,6 +73,17 @@ def wait_for_text(page, selector: str, pattern: str, timeout_s: float = TIMEOUT_
     raise AssertionError(f"{selector!r} never matched {pattern!r}; last text: {text(page, selector)!r}")
 
 
+def wait_for_output(page, pattern: str, timeout_s: float = TIMEOUT_MS / 1000) -> str:
+    """Wait until the cells' outputs (not their code) show ``pattern``; returns all the outputs' text."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        printed = "\n".join(page.locator(".jp-OutputArea-output").all_inner_texts())
+        if re.search(pattern, printed):
+            return printed
+        time.sleep(0.2)
+    raise AssertionError(f"no output matched {pattern!r}")
+
+
 def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
     url, page, root = lab
     open_and_run_all(page, url, "quickstart.ipynb", timeout_ms=TIMEOUT_MS)
@@ -88,7 +99,9 @@ def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
             pictures.append(picture)
         time.sleep(0.05)
     final = values(page)
-    progress = [tuple(map(int, re.search(r"(\d+)\s*/\s*(\d+)", s).groups())) for s in samples]
+    print(f"{len(samples)} different values seen:", *samples, sep="\n  ")
+    counts = [re.search(r"(\d+)\s*/\s*(\d+)", s) for s in samples]  # "waiting for the first …" has none
+    progress = [(int(m.group(1)), int(m.group(2))) for m in counts if m]
     during = [(k, n) for k, n in progress if k < n]
     assert len(during) >= 2, f"fewer than two different values seen during the run: {samples}"
     assert len({p for p in pictures if p}) >= 2, "the dashboard's picture did not change during the run"
@@ -96,8 +109,9 @@ def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
     assert re.search(rf"{total}\s*/\s*{total}", final), final
     assert re.search(r"val_loss\s+\d", final) and re.search(r"lr\s+\d", final), final
     # The printed summary and the overview figure below the run.
-    printed = wait_for_text(page, ".jp-OutputArea-output", r"validation loss: first")
-    assert "validation loss" in printed
+    printed = wait_for_output(page, r"validation loss: first \S+ last \S+")
+    first, last = map(float, re.search(r"validation loss: first (\S+) last (\S+)", printed).groups())
+    assert last < first
     page.wait_for_selector(".jp-RenderedImage img", state="attached")
     screenshot(page, root, "quickstart")
 
@@ -126,7 +140,7 @@ def test_classroom_slider_moves_the_hypergradient(lab):
     url, page, root = lab
     open_and_run_all(page, url, "classroom.ipynb", timeout_ms=TIMEOUT_MS)
     # Wait until every cell has run (the last one prints the measured memory growth) and the kernel is idle.
-    wait_for_text(page, ".jp-Notebook", r"forward mode: \+\S+ bytes per extra inner step")
+    wait_for_output(page, r"forward mode: \+\S+ bytes per extra inner step")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
     before = number(page, ".hgkit-hypergradient")
     assert before == pytest.approx(explorer_state(lr=0.1, mu=0.5, T=10)["hypergradient"], rel=1e-9)

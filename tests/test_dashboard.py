@@ -371,3 +371,23 @@ def test_a_real_time_run(optimizer):
     assert len(result.history) == len(dash.records) == 4
     assert values_of(dash)["hyper-iteration"] == "4 / 4"
     np.testing.assert_array_equal(dash.history["inner_steps"], [5, 10, 15, 20])
+
+
+def test_readme_see_it_live_snippet_runs(capsys):
+    """The README's "See it live" block, run after its quickstart, shortened to 2 hyper-iterations of 5 steps."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    quickstart = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    live = text.split("<!-- live-snippet -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    short = live.replace("hyper_iterations=30, T=100", "hyper_iterations=2, T=5")
+    assert short != live
+    quickstart = quickstart.replace("T=100", "T=5")
+    namespace: dict = {}
+    exec(compile(quickstart + short, "README.md", "exec"), namespace)
+    result, fig = namespace["result"], namespace["fig"]
+    assert len(result.history) == 2 and result.stopped is None
+    assert fig.axes and "[hgkit] finished: 2 hyper-iterations" in capsys.readouterr().out  # text mode here
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from jupyterlab_browser import chromium_page, jupyterlab, missing_requirements, open_and_run_all
+from jupyterlab_browser import accept_dialog, chromium_page, jupyterlab, missing_requirements, open_and_run_all
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_MS = 90_000
+TIMEOUT_MS = 240_000  # generous for a shared machine: the file took 119 s at a load average of 10 on 2 cores
 
 pytestmark = pytest.mark.browser
 
@@ -138,10 +138,16 @@ def test_classroom_slider_moves_the_hypergradient(lab):
     from hgkit.widgets.classroom import explorer_state
 
     url, page, root = lab
-    open_and_run_all(page, url, "classroom.ipynb", timeout_ms=TIMEOUT_MS)
-    # Wait until every cell has run (the last one prints the measured memory growth) and the kernel is idle.
-    wait_for_output(page, r"forward mode: \+\S+ bytes per extra inner step")
+    # Run the notebook down to the explorer (the cost measurements below it are the notebook test's business).
+    page.goto(f"{url}/lab/tree/classroom.ipynb")
+    page.wait_for_selector(".jp-Notebook", state="attached")
+    accept_dialog(page)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
+    page.locator(".jp-MarkdownCell", has_text="The widget's numbers come from pure functions").first.click()
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Above Selected Cell").first.click()
+    page.wait_for_selector(".hgkit-hypergradient .widget-html-content", state="attached")
+    wait_for_text(page, ".hgkit-hypergradient .widget-html-content", r"\d")
     before = number(page, ".hgkit-hypergradient")
     assert before == pytest.approx(explorer_state(lr=0.1, mu=0.5, T=10)["hypergradient"], rel=1e-9)
     # Move the learning-rate slider with the keyboard, as a user would: 4 steps of 0.005 to the right.

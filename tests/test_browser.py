@@ -113,6 +113,7 @@ def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
     first, last = map(float, re.search(r"validation loss: first (\S+) last (\S+)", printed).groups())
     assert last < first
     page.wait_for_selector(".jp-RenderedImage img", state="attached")
+    page.locator(".hgkit-dashboard").first.scroll_into_view_if_needed()
     screenshot(page, root, "quickstart")
 
     # Run the tuning cell again (compiled now, so quick) and press Stop in the browser once it is under way.

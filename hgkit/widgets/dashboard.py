@@ -371,6 +371,10 @@ class Dashboard:
         plot.losses(ax_loss, history, x=self.x, train="train_loss" in history.columns)
         ax_loss.set_yscale(self.scales["loss"].value)
         ax_loss.set_title("validation and training loss")
+        if len(history) == 1:  # a line of one point is invisible: mark it
+            for ax in (ax_hp, ax_grad, ax_loss):
+                for line in ax.get_lines():
+                    line.set_marker("o")
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=self.dpi)
         self.image.value = buffer.getvalue()

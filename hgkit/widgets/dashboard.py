@@ -13,9 +13,11 @@ In a Jupyter notebook it shows an ipywidgets box:
 * after the run, a choice of the hyperparameters shown (``hgkit-dashboard-select``) and linear/log scales for each
   panel (``hgkit-dashboard-scale-hp``, ``-grad``, ``-loss``).
 
-Redrawing costs a matplotlib render (tens of milliseconds), so it is throttled: at most one redraw every
-``min_interval`` seconds, and never more often than keeps drawing under ``max_overhead`` of the run's time
-(the wait after a redraw is at least its duration / ``max_overhead``); the last record is always drawn.
+The values are updated at most every ``min_interval`` seconds. Redrawing costs a matplotlib render (a few
+tenths of a second on a busy CPU), so it is paced: at most one redraw every ``min_interval`` seconds, and never
+more often than keeps drawing under ``max_overhead`` of the run's time (the wait after a redraw is at least its
+duration / ``max_overhead``; the first redraw, which also loads matplotlib, does not count); the last record is
+always drawn. ``benchmarks/dashboard_overhead.py`` measures what it costs a run.
 
 Outside a notebook (no IPython kernel) it prints progress lines instead, throttled the same way.
 
@@ -112,8 +114,8 @@ class Dashboard:
 
     Args:
         names: the hyperparameters drawn (default: all the run has). Changeable after the run.
-        min_interval: the least time in seconds between two redraws (widget) or progress lines (text); default
-            0.5 s for the widget and 2 s for text.
+        min_interval: the least time in seconds between two updates of the values or the plots (widget) or two
+            progress lines (text); default 0.5 s for the widget and 2 s for text.
         max_overhead: the largest fraction of the run's time spent redrawing: after a redraw that took d
             seconds the next waits at least d / max_overhead.
         x: the x axis: ``"iteration"``, ``"inner_steps"`` or ``"wall_time"``.

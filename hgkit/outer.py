@@ -12,7 +12,13 @@ With ``method=hg.RealTime(Δ)`` there is a single training run of T steps: chunk
 ``λ_i``, the weights and tangents are carried on, and ``g_i`` is the real-time hypergradient at its end.
 
 Each hyper-iteration is one compiled call (hypergradient, optax update, projection and metrics together, compiled
-once per run settings) and one transfer to the host of the history row.
+once per run settings: new values of λ never recompile) and one transfer to the host of the history row.
+
+The history (a DataFrame, one row per hyper-iteration) reports λ_i, the constrained values used in iteration i,
+``f_i`` (``val_loss``), the last inner training loss, ``grad_norm = ‖g_i‖`` (in λ, not u) and its per-hyperparameter
+parts, and the metrics at the trained weights; ``history.attrs`` says which column is which. The inner run of
+iteration i draws its initial weights with ``jax.random.fold_in(key, i)``, so the same key gives the same history
+bit for bit. Checkpoints are one ``.npz`` file replaced atomically (format in :mod:`hgkit._checkpoint`).
 
 Example:
     >>> import jax.numpy as jnp, optax, hgkit as hg
@@ -50,6 +56,7 @@ from tqdm.auto import tqdm
 
 from . import constraints as C
 from ._checkpoint import load_checkpoint, save_checkpoint
+from ._history import as_callbacks, columns, named, on_record, to_record
 from .hparams import check_hparams
 from .hypergrad import DivergenceError, RealTime, Reverse, hypergradient_result
 from .hypergrad._common import all_finite, path_name, scalar_summary
@@ -132,7 +139,7 @@ def _hyper_step(spec: _Spec, T, train_fn, u, opt_state, carry, iteration, key, t
         diverged_at=res.diverged_at,
         grad_diverged_at=res.grad_diverged_at,
         finite=all_finite((values, res.grads)),
-        update_finite=all_finite(new_u),
+        update_ok=all_finite(new_u),
     )
     return new_u, opt_state, carry, state, hp, row
 
@@ -228,9 +235,7 @@ class HyperOptimizer:
         same directory resumes. Ctrl-C saves and returns ``stopped="interrupted"``.
         """
         hyper_iterations, per_iteration = self._check(hparams, hyper_iterations, T, checkpoint_every, snapshot_every)
-        callbacks = _callbacks(callbacks)
-        names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(hparams)]
-        vectors = {n for n, x in zip(names, jax.tree_util.tree_leaves(hparams), strict=True) if np.size(x) != 1}
+        callbacks = as_callbacks(callbacks)
         spec = _Spec(
             self.problem,
             self.method,
@@ -240,50 +245,29 @@ class HyperOptimizer:
             jax.tree_util.tree_structure(hparams),
             self.warm_restart and not isinstance(self.method, RealTime),
         )
-        objective_names = self.problem.objective_names
-        objectives = ["val_loss"] if len(objective_names) == 1 else [f"val_loss.{k}" for k in objective_names]
-        info = dict(
-            hyperparameters=names,
-            scalars=[n for n in names if n not in vectors],
-            vectors=[n for n in names if n in vectors],
-            objectives=objectives,
-            metrics=list(self.metrics),
-            hyper_iterations=hyper_iterations,
-            method=repr(self.method),
-        )
-        fingerprint = dict(
-            hparams=[
-                [n, list(np.shape(x)), str(x.dtype)]
-                for n, x in zip(names, jax.tree_util.tree_leaves(hparams), strict=True)
-            ],
-            method=info["method"],
-            T=T,
-            warm_restart=spec.warm,
-        )
+        info = _describe(spec, hparams, hyper_iterations)
+        leaves = [[n, list(np.shape(x)), str(x.dtype)] for n, x in named(info, hparams).items()]
+        fingerprint = dict(hparams=leaves, method=info["method"], T=T, warm_restart=spec.warm)
         train_fn, train_batch = (train_data, None) if callable(train_data) else (None, train_data)
         # Strong dtypes from the start: a weakly typed jnp.asarray(0.1) would come back strong from the first update
         # and recompile the step.
         u0 = spec.leafwise("free", jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=x.dtype), hparams))
-        loaded = load_checkpoint(checkpoint_dir, fingerprint, _templates(spec, u0, key))
+        templates = _templates(spec, T, train_fn, u0, key, train_batch, val_data)
+        loaded = load_checkpoint(checkpoint_dir, fingerprint, templates)
         if loaded is None:  # a fresh start
             loop = _Loop(0, u0, spec.tx.init(u0), _initial_carry(spec, u0, key), None, None, (), {}, 0.0)
         else:
             loop = _Loop(**loaded)
+        start, stopped, since_save = time.perf_counter(), None, 0
 
-        def result(loop, stopped):
-            history = pd.DataFrame(list(loop.rows), columns=_columns(info))
-            history.attrs.update({k: info[k] for k in ("hyperparameters", "scalars", "vectors", "objectives")})
-            history.attrs.update(metrics=info["metrics"], method=info["method"])
-            snapshots = dict(loop.snapshots)
-            if loop.last_hp is not None:
-                snapshots.setdefault(loop.next - 1, _named(names, jax.device_get(loop.last_hp)))
-            hp = spec.leafwise("value", loop.u)
-            return HyperOptimizationResult(hp, history, snapshots, loop.state, stopped)
+        def save():
+            if checkpoint_dir is not None:
+                now = loop._replace(elapsed=loop.elapsed + time.perf_counter() - start)
+                save_checkpoint(checkpoint_dir, fingerprint, now._asdict())
 
         for cb in callbacks:
             getattr(cb, "on_start", lambda info: None)(dict(info))
         bar = tqdm(total=hyper_iterations, initial=loop.next, disable=not progress, desc="hyper-iterations")
-        start, stopped, since_save = time.perf_counter(), None, 0
         try:
             while loop.next < hyper_iterations and stopped is None:
                 i = loop.next
@@ -292,35 +276,29 @@ class HyperOptimizer:
                 )
                 snap = i == 0 or (snapshot_every is not None and i % snapshot_every == 0)
                 row, hp_host = jax.device_get((row, hp if snap else None))  # the one transfer of the iteration
-                if (
-                    not (row["finite"] and row["update_finite"])
-                    or row["diverged_at"] >= 0
-                    or row["grad_diverged_at"] >= 0
-                ):
-                    raise _divergence(i, row, hp, result(loop, None), spec.realtime)
-                wall_time = loop.elapsed + time.perf_counter() - start
-                record = _record(i, (i + 1) * per_iteration, wall_time, row, info)
-                snapshots = {**loop.snapshots, i: _named(names, hp_host)} if snap else loop.snapshots
+                if min(row["diverged_at"], row["grad_diverged_at"]) >= 0 or not (row["finite"] and row["update_ok"]):
+                    raise _divergence(i, row, hp, _result(spec, info, loop, None), spec.realtime)
+                record = to_record(i, (i + 1) * per_iteration, loop.elapsed + time.perf_counter() - start, row, info)
+                snapshots = {**loop.snapshots, i: named(info, hp_host)} if snap else loop.snapshots
                 loop = _Loop(i + 1, u, opt_state, carry, state, hp, (*loop.rows, record), snapshots, loop.elapsed)
                 bar.update(1)
-                bar.set_postfix({k: record[k] for k in (*objectives, "grad_norm")}, refresh=False)
-                since_save += 1
-                if any([bool(_on_record(cb, record)) for cb in callbacks]):
+                bar.set_postfix({k: record[k] for k in (*info["objectives"], "grad_norm")}, refresh=False)
+                if any([bool(on_record(cb, record)) for cb in callbacks]):  # a list: every callback sees the row
                     stopped = "callback"
-                if checkpoint_dir is not None and since_save >= checkpoint_every:
-                    save_checkpoint(checkpoint_dir, fingerprint, _elapsed(loop, start)._asdict())
+                since_save += 1
+                if since_save >= checkpoint_every:
+                    save()
                     since_save = 0
         except KeyboardInterrupt:
             stopped = "interrupted"
         except HyperDivergenceError:
-            if checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir, fingerprint, _elapsed(loop, start)._asdict())
+            save()  # the last good state
             raise
         finally:
             bar.close()
-        if checkpoint_dir is not None and (since_save or loaded is None):
-            save_checkpoint(checkpoint_dir, fingerprint, _elapsed(loop, start)._asdict())
-        out = result(loop, stopped)
+        if since_save or loaded is None:
+            save()
+        out = _result(spec, info, loop, stopped)
         for cb in callbacks:
             getattr(cb, "on_end", lambda result: None)(out)
         return out
@@ -349,64 +327,34 @@ class HyperOptimizer:
         return hyper_iterations, T
 
 
-_HOOKS = ("on_start", "on_record", "on_end")
-
-
 def _positive_int(x) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= 1
 
 
-def _callbacks(callbacks) -> list:
-    """A list of callbacks: plain functions ``record -> bool | None`` or objects with some of the hooks."""
-    if callable(callbacks) or any(hasattr(callbacks, h) for h in _HOOKS):
-        callbacks = [callbacks]
-    out = list(callbacks)
-    for cb in out:
-        if not (callable(cb) or any(hasattr(cb, h) for h in _HOOKS)):
-            raise TypeError(
-                f"each callback must be a function record -> bool | None or an object with on_start / on_record / "
-                f"on_end; got {cb!r}"
-            )
-    return out
+def _describe(spec: _Spec, hparams, hyper_iterations: int) -> dict:
+    """The names the history, the callbacks' info and the checkpoint's fingerprint use."""
+    leaves = jax.tree_util.tree_leaves_with_path(hparams)
+    names = [path_name(p) for p, _ in leaves]
+    objectives = spec.problem.objective_names
+    return dict(
+        hyperparameters=names,
+        scalars=[n for n, (_, x) in zip(names, leaves, strict=True) if np.size(x) == 1],
+        vectors=[n for n, (_, x) in zip(names, leaves, strict=True) if np.size(x) != 1],
+        objectives=["val_loss"] if len(objectives) == 1 else [f"val_loss.{k}" for k in objectives],
+        metrics=[name for name, _ in spec.metrics],
+        hyper_iterations=hyper_iterations,
+        method=repr(spec.method),
+    )
 
 
-def _on_record(cb, record) -> Any:
-    if any(hasattr(cb, h) for h in _HOOKS):
-        hook = getattr(cb, "on_record", None)
-        return hook(dict(record)) if hook is not None else None
-    return cb(dict(record))
-
-
-def _columns(info) -> list[str]:
-    """The history's columns, in order (see the contract)."""
-    cols = ["iteration", "inner_steps", "wall_time", *info["objectives"], "train_loss", "grad_norm"]
-    cols += [f"grad_norm.{n}" for n in info["hyperparameters"]]
-    for n in info["hyperparameters"]:
-        cols += [f"{n}.{s}" for s in _STATS] if n in info["vectors"] else [n]
-    return cols + info["metrics"]
-
-
-_STATS = ("mean", "min", "max", "norm")
-
-
-def _record(i: int, inner_steps: int, wall_time: float, row, info) -> dict:
-    """One history row as plain Python numbers, from the values the compiled step returned."""
-    rec = {"iteration": i, "inner_steps": inner_steps, "wall_time": wall_time}
-    rec.update({col: float(v) for col, v in zip(info["objectives"], row["values"], strict=True)})
-    rec.update(train_loss=float(row["train_loss"]), grad_norm=float(row["grad_norm"]))
-    names = info["hyperparameters"]
-    rec.update({f"grad_norm.{n}": float(g) for n, g in zip(names, row["grad_norms"], strict=True)})
-    for n, v in zip(names, row["hp"], strict=True):
-        if n in info["vectors"]:
-            rec.update({f"{n}.{s}": float(x) for s, x in zip(_STATS, v, strict=True)})
-        else:
-            rec[n] = float(np.reshape(v, ()))
-    rec.update({m: float(v) for m, v in zip(info["metrics"], row["metrics"], strict=True)})
-    return rec
-
-
-def _named(names, hparams) -> dict:
-    return {n: np.asarray(x) for n, x in zip(names, jax.tree_util.tree_leaves(hparams), strict=True)}
+def _result(spec: _Spec, info: dict, loop: _Loop, stopped) -> HyperOptimizationResult:
+    history = pd.DataFrame(list(loop.rows), columns=columns(info))
+    history.attrs.update({k: info[k] for k in ("hyperparameters", "scalars", "vectors", "objectives", "metrics")})
+    history.attrs["method"] = info["method"]
+    snapshots = dict(loop.snapshots)
+    if loop.last_hp is not None:  # the last iteration run is always there
+        snapshots.setdefault(loop.next - 1, named(info, jax.device_get(loop.last_hp)))
+    return HyperOptimizationResult(spec.leafwise("value", loop.u), history, snapshots, loop.state, stopped)
 
 
 def _divergence(i: int, row, hp, so_far: HyperOptimizationResult, realtime: bool) -> HyperDivergenceError:
@@ -434,22 +382,14 @@ def _divergence(i: int, row, hp, so_far: HyperOptimizationResult, realtime: bool
     )
 
 
-def _templates(spec: _Spec, u0, key) -> dict:
-    """The pytree structures a checkpoint's leaves are put back into (they are not stored)."""
+def _templates(spec: _Spec, T, train_fn, u0, key, train_batch, val_data) -> dict:
+    """The pytree structures a checkpoint's leaves are put back into (they are not stored).
+
+    Found by tracing the step on shapes alone, which also checks the data and the problem before anything runs.
+    """
     carry = jax.eval_shape(functools.partial(_initial_carry, spec), u0, key)
-    if spec.realtime:
-        state = carry.state
-    else:
-        state = jax.eval_shape(lambda u: initial_state(spec.problem, spec.leafwise("value", u), key), u0)
+    opt_state = jax.eval_shape(spec.tx.init, u0)
+    step = functools.partial(_hyper_step, spec, T, train_fn)
+    _, _, _, state, _, _ = jax.eval_shape(step, u0, opt_state, carry, jnp.int32(0), key, train_batch, val_data)
     tree = jax.tree_util.tree_structure
-    return dict(
-        u=spec.treedef,
-        opt_state=tree(jax.eval_shape(spec.tx.init, u0)),
-        carry=tree(carry),
-        state=tree(state),
-        last_hp=spec.treedef,
-    )
-
-
-def _elapsed(loop: _Loop, start: float) -> _Loop:
-    return loop._replace(elapsed=loop.elapsed + time.perf_counter() - start)
+    return dict(u=spec.treedef, opt_state=tree(opt_state), carry=tree(carry), state=tree(state), last_hp=spec.treedef)

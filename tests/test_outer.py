@@ -294,27 +294,26 @@ def test_box_and_positive_project_the_updates():
     assert row["mu"] in (0.0, 0.9) and row["lr"] >= 1e-3 and row["wd"] in (0.0, 1.0)
 
 
-@pytest.mark.parametrize("which", ["log", "sigmoid"])
-def test_reparameterized_values_are_reported(which):
-    """The optimizer steps in u; history and result show λ = c(u), with the chain rule in the step."""
+def test_reparameterized_values_are_reported():
+    """The optimizer steps in u; history and result show λ = c(u), the chain rule applied in the step."""
     problem, train, val = PROBLEM, TRAIN, VAL
-    eta = 0.5
-    lo, hi = 0.0, 0.8
-    c = hg.constraints.log() if which == "log" else hg.constraints.sigmoid(lo, hi)
-    result = hg.HyperOptimizer(problem, hyper_optimizer=optax.sgd(eta), constraints={"mu": c}).run(
+    eta, lo, hi = 0.5, 0.0, 0.8
+    constraints = {"lr": hg.constraints.log(), "mu": hg.constraints.sigmoid(lo, hi)}
+    result = hg.HyperOptimizer(problem, hyper_optimizer=optax.sgd(eta), constraints=constraints).run(
         HP, 2, T, train, val, key=KEY, progress=False
     )
-    res = reference(problem, HP, T, train, val, hg.Reverse(), jax.random.fold_in(KEY, 0))
-    mu, g = float(HP["mu"]), float(res.grads["mu"])
-    if which == "log":
-        expected = np.exp(np.log(mu) - eta * mu * g)  # dλ/du = λ
-    else:
-        u = np.log((mu - lo) / (hi - mu))
-        expected = lo + (hi - lo) / (1 + np.exp(-(u - eta * (mu - lo) * (hi - mu) / (hi - lo) * g)))
-    assert result.history["mu"][0] == pytest.approx(mu, rel=1e-12)
-    assert result.history["mu"][1] == pytest.approx(expected, rel=1e-10)
-    # Other hyperparameters take plain steps.
-    assert result.history["lr"][1] == pytest.approx(float(HP["lr"] - eta * res.grads["lr"]), rel=1e-12)
+    res = reference(problem, HP, T, train, val, REVERSE, jax.random.fold_in(KEY, 0))
+    lr, g_lr = float(HP["lr"]), float(res.grads["lr"])
+    mu, g_mu = float(HP["mu"]), float(res.grads["mu"])
+    u = np.log((mu - lo) / (hi - mu))
+    expected = {
+        "lr": np.exp(np.log(lr) - eta * lr * g_lr),  # dλ/du = λ
+        "mu": lo + (hi - lo) / (1 + np.exp(-(u - eta * (mu - lo) * (hi - mu) / (hi - lo) * g_mu))),
+        "wd": float(HP["wd"]) - eta * float(res.grads["wd"]),  # unconstrained: a plain step
+    }
+    for name, value in expected.items():
+        assert result.history[name][0] == pytest.approx(float(HP[name]), rel=1e-12)
+        assert result.history[name][1] == pytest.approx(value, rel=1e-10)
 
 
 def test_vector_hyperparameters_columns_snapshots_and_capped_simplex():
@@ -474,6 +473,9 @@ def test_interrupt_and_resume_is_bit_identical(case, tmp_path):
     pd.testing.assert_frame_equal(again.history, resumed.history, check_exact=True)
     with pytest.raises(ValueError, match="other settings"):
         opt.run(HP, n, **{**kwargs, "T": 16}, checkpoint_dir=tmp_path)
+    sgd = hg.HyperOptimizer(problem, hyper_optimizer=SGD, constraints={"wd": LOG}, **settings)
+    with pytest.raises(ValueError, match=r"its opt_state has 7 arrays where this run has 0 \(another hyper_optimizer"):
+        sgd.run(HP, n, **kwargs, checkpoint_dir=tmp_path)
 
 
 CHILD = """
@@ -578,3 +580,28 @@ def test_bad_settings_are_refused_before_anything_runs():
         problem, hyper_optimizer=optax.adam))  # fmt: skip
     refused(TypeError, "each callback must be", HP, 2, T, callbacks=[3], **base)
     refused(TypeError, r"hparams\['lr'\] is a float", {**HP, "lr": 0.1}, 2, T, **base)
+
+
+# ----- the README -----------------------------------------------------------------------------------------------
+
+
+def test_readme_loop_section_runs_as_written(monkeypatch, tmp_path):
+    """The quickstart and the loop section executed verbatim, on a 200-image slice of the data to stay quick."""
+    import pathlib
+
+    import hgkit.datasets
+    from hgkit.datasets.mnist import Split
+
+    full = hgkit.datasets.hyper_cleaning_mnist()
+    small = Split(*(a[:200] for a in full))
+    monkeypatch.setattr(hgkit.datasets, "hyper_cleaning_mnist", lambda: small)
+    monkeypatch.chdir(tmp_path)
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    quickstart = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    loop = text.split("## The optimization loop", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(quickstart + loop, "README.md", "exec"), namespace)
+    result = namespace["result"]
+    assert len(result.history) == 20 and result.stopped is None
+    assert result.history.val_loss.iloc[-1] < result.history.val_loss.iloc[0]
+    assert (tmp_path / "runs" / "quickstart" / "hyperopt.npz").exists()

@@ -31,12 +31,12 @@ TREES = ("u", "opt_state", "carry", "state", "last_hp")
 def save_checkpoint(directory, fingerprint: dict, loop: dict) -> None:
     """Write the loop's state (a dict with the fields of ``outer._Loop``)."""
     os.makedirs(directory, exist_ok=True)
-    arrays, present = {}, []
+    arrays, present = {}, {}
     for field in TREES:
         if loop[field] is not None:
-            present.append(field)
-            for j, x in enumerate(jax.tree_util.tree_leaves(jax.device_get(loop[field]))):
-                arrays[f"{field}/{j}"] = np.asarray(x)
+            leaves = jax.tree_util.tree_leaves(jax.device_get(loop[field]))
+            present[field] = len(leaves)
+            arrays.update({f"{field}/{j}": np.asarray(x) for j, x in enumerate(leaves)})
     for it, snap in loop["snapshots"].items():
         for j, x in enumerate(snap.values()):
             arrays[f"snap/{it}/{j}"] = np.asarray(x)
@@ -80,8 +80,16 @@ def load_checkpoint(directory, fingerprint: dict, templates: dict) -> dict | Non
         out = dict(next=meta["next"], elapsed=meta["elapsed"], rows=tuple(meta["rows"]))
         for field in TREES:
             treedef = templates[field]
+            if field not in meta["present"]:
+                out[field] = None
+                continue
+            if meta["present"][field] != treedef.num_leaves:
+                raise ValueError(
+                    f"checkpoint_dir {directory!r}: its {field} has {meta['present'][field]} arrays where this run "
+                    f"has {treedef.num_leaves} (another hyper_optimizer or problem?), so it cannot be resumed"
+                )
             leaves = [jnp.asarray(z[f"{field}/{j}"]) for j in range(treedef.num_leaves)]
-            out[field] = jax.tree_util.tree_unflatten(treedef, leaves) if field in meta["present"] else None
+            out[field] = jax.tree_util.tree_unflatten(treedef, leaves)
         names = [n for n, *_ in fingerprint["hparams"]]
         out["snapshots"] = {it: {n: z[f"snap/{it}/{j}"] for j, n in enumerate(names)} for it in meta["snapshots"]}
     return out

@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from . import constraints as C
 from ._checkpoint import load_checkpoint, save_checkpoint
+from ._history import as_callbacks, columns, named, on_record, to_record
 from .hparams import check_hparams
 from .hypergrad import DivergenceError, RealTime, Reverse, hypergradient_result
 from .hypergrad._common import all_finite, path_name, scalar_summary
@@ -234,7 +235,7 @@ class HyperOptimizer:
         same directory resumes. Ctrl-C saves and returns ``stopped="interrupted"``.
         """
         hyper_iterations, per_iteration = self._check(hparams, hyper_iterations, T, checkpoint_every, snapshot_every)
-        callbacks = _callbacks(callbacks)
+        callbacks = as_callbacks(callbacks)
         spec = _Spec(
             self.problem,
             self.method,
@@ -245,7 +246,7 @@ class HyperOptimizer:
             self.warm_restart and not isinstance(self.method, RealTime),
         )
         info = _describe(spec, hparams, hyper_iterations)
-        leaves = [[n, list(np.shape(x)), str(x.dtype)] for n, x in _named(info, hparams).items()]
+        leaves = [[n, list(np.shape(x)), str(x.dtype)] for n, x in named(info, hparams).items()]
         fingerprint = dict(hparams=leaves, method=info["method"], T=T, warm_restart=spec.warm)
         train_fn, train_batch = (train_data, None) if callable(train_data) else (None, train_data)
         # Strong dtypes from the start: a weakly typed jnp.asarray(0.1) would come back strong from the first update
@@ -277,12 +278,12 @@ class HyperOptimizer:
                 row, hp_host = jax.device_get((row, hp if snap else None))  # the one transfer of the iteration
                 if min(row["diverged_at"], row["grad_diverged_at"]) >= 0 or not (row["finite"] and row["update_ok"]):
                     raise _divergence(i, row, hp, _result(spec, info, loop, None), spec.realtime)
-                record = _record(i, (i + 1) * per_iteration, loop.elapsed + time.perf_counter() - start, row, info)
-                snapshots = {**loop.snapshots, i: _named(info, hp_host)} if snap else loop.snapshots
+                record = to_record(i, (i + 1) * per_iteration, loop.elapsed + time.perf_counter() - start, row, info)
+                snapshots = {**loop.snapshots, i: named(info, hp_host)} if snap else loop.snapshots
                 loop = _Loop(i + 1, u, opt_state, carry, state, hp, (*loop.rows, record), snapshots, loop.elapsed)
                 bar.update(1)
                 bar.set_postfix({k: record[k] for k in (*info["objectives"], "grad_norm")}, refresh=False)
-                if any([bool(_on_record(cb, record)) for cb in callbacks]):  # a list: every callback sees the row
+                if any([bool(on_record(cb, record)) for cb in callbacks]):  # a list: every callback sees the row
                     stopped = "callback"
                 since_save += 1
                 if since_save >= checkpoint_every:
@@ -326,65 +327,8 @@ class HyperOptimizer:
         return hyper_iterations, T
 
 
-_HOOKS = ("on_start", "on_record", "on_end")
-
-
 def _positive_int(x) -> bool:
     return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= 1
-
-
-def _callbacks(callbacks) -> list:
-    """A list of callbacks: plain functions ``record -> bool | None`` or objects with some of the hooks."""
-    if callable(callbacks) or any(hasattr(callbacks, h) for h in _HOOKS):
-        callbacks = [callbacks]
-    out = list(callbacks)
-    for cb in out:
-        if not (callable(cb) or any(hasattr(cb, h) for h in _HOOKS)):
-            raise TypeError(
-                f"each callback must be a function record -> bool | None or an object with on_start / on_record / "
-                f"on_end; got {cb!r}"
-            )
-    return out
-
-
-def _on_record(cb, record) -> Any:
-    if any(hasattr(cb, h) for h in _HOOKS):
-        hook = getattr(cb, "on_record", None)
-        return hook(dict(record)) if hook is not None else None
-    return cb(dict(record))
-
-
-def _columns(info) -> list[str]:
-    """The history's columns, in order (see the contract)."""
-    cols = ["iteration", "inner_steps", "wall_time", *info["objectives"], "train_loss", "grad_norm"]
-    cols += [f"grad_norm.{n}" for n in info["hyperparameters"]]
-    for n in info["hyperparameters"]:
-        cols += [f"{n}.{s}" for s in _STATS] if n in info["vectors"] else [n]
-    return cols + info["metrics"]
-
-
-_STATS = ("mean", "min", "max", "norm")
-
-
-def _record(i: int, inner_steps: int, wall_time: float, row, info) -> dict:
-    """One history row as plain Python numbers, from the values the compiled step returned."""
-    rec = {"iteration": i, "inner_steps": inner_steps, "wall_time": wall_time}
-    rec.update({col: float(v) for col, v in zip(info["objectives"], row["values"], strict=True)})
-    rec.update(train_loss=float(row["train_loss"]), grad_norm=float(row["grad_norm"]))
-    names = info["hyperparameters"]
-    rec.update({f"grad_norm.{n}": float(g) for n, g in zip(names, row["grad_norms"], strict=True)})
-    for n, v in zip(names, row["hp"], strict=True):
-        if n in info["vectors"]:
-            rec.update({f"{n}.{s}": float(x) for s, x in zip(_STATS, v, strict=True)})
-        else:
-            rec[n] = float(np.reshape(v, ()))
-    rec.update({m: float(v) for m, v in zip(info["metrics"], row["metrics"], strict=True)})
-    return rec
-
-
-def _named(info, hparams) -> dict:
-    leaves = jax.tree_util.tree_leaves(hparams)
-    return {n: np.asarray(x) for n, x in zip(info["hyperparameters"], leaves, strict=True)}
 
 
 def _describe(spec: _Spec, hparams, hyper_iterations: int) -> dict:
@@ -404,12 +348,12 @@ def _describe(spec: _Spec, hparams, hyper_iterations: int) -> dict:
 
 
 def _result(spec: _Spec, info: dict, loop: _Loop, stopped) -> HyperOptimizationResult:
-    history = pd.DataFrame(list(loop.rows), columns=_columns(info))
+    history = pd.DataFrame(list(loop.rows), columns=columns(info))
     history.attrs.update({k: info[k] for k in ("hyperparameters", "scalars", "vectors", "objectives", "metrics")})
     history.attrs["method"] = info["method"]
     snapshots = dict(loop.snapshots)
     if loop.last_hp is not None:  # the last iteration run is always there
-        snapshots.setdefault(loop.next - 1, _named(info, jax.device_get(loop.last_hp)))
+        snapshots.setdefault(loop.next - 1, named(info, jax.device_get(loop.last_hp)))
     return HyperOptimizationResult(spec.leafwise("value", loop.u), history, snapshots, loop.state, stopped)
 
 

@@ -473,6 +473,9 @@ def test_interrupt_and_resume_is_bit_identical(case, tmp_path):
     pd.testing.assert_frame_equal(again.history, resumed.history, check_exact=True)
     with pytest.raises(ValueError, match="other settings"):
         opt.run(HP, n, **{**kwargs, "T": 16}, checkpoint_dir=tmp_path)
+    sgd = hg.HyperOptimizer(problem, hyper_optimizer=SGD, constraints={"wd": LOG}, **settings)
+    with pytest.raises(ValueError, match=r"its opt_state has 7 arrays where this run has 0 \(another hyper_optimizer"):
+        sgd.run(HP, n, **kwargs, checkpoint_dir=tmp_path)
 
 
 CHILD = """

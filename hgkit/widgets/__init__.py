@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import importlib
 
-_LAZY = {"Explorer": "classroom", "CostExplorer": "classroom", "classroom": None}
+_LAZY = {
+    "Explorer": "classroom",
+    "CostExplorer": "classroom",
+    "classroom": None,
+    "Dashboard": "dashboard",
+    "dashboard": None,
+}
 
 __all__ = sorted(_LAZY)
 

@@ -1,0 +1,393 @@
+"""The live dashboard: what it shows as records arrive, its throttle, its Stop button, its text fallback.
+
+Driven with records shaped as LOOP_CONTRACT.md specifies, and (at the end) by real ``hg.HyperOptimizer`` runs.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from hgkit.widgets import dashboard as dashboard_module
+from hgkit.widgets.dashboard import Dashboard
+
+N = 6
+INFO = dict(
+    hyperparameters=["lr", "ex_w"],
+    scalars=["lr"],
+    vectors=["ex_w"],
+    objectives=["val_loss"],
+    metrics=["accuracy"],
+    hyper_iterations=N,
+    method="Reverse()",
+)
+
+
+def record(i):
+    """Row i of a made-up run: losses halving, lr growing, ex_w's spread shrinking."""
+    return {
+        "iteration": i,
+        "inner_steps": 20 * (i + 1),
+        "wall_time": 0.25 * (i + 1),
+        "val_loss": 2.0 / 2**i,
+        "train_loss": 1.5 / 2**i,
+        "grad_norm": 3.0 / (i + 1),
+        "grad_norm.lr": 2.0 / (i + 1),
+        "grad_norm.ex_w": 1.0 / (i + 1),
+        "lr": 0.1 + 0.05 * i,
+        "ex_w.mean": 0.5,
+        "ex_w.min": 0.5 - 0.4 / (i + 1),
+        "ex_w.max": 0.5 + 0.4 / (i + 1),
+        "ex_w.norm": 3.0,
+        "accuracy": 0.5 + 0.05 * i,
+    }
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(dashboard_module, "_clock", clock)
+    return clock
+
+
+def values_of(dash):
+    """The numbers shown in the values widget, by label, read back from its HTML."""
+    import re
+
+    return dict(re.findall(r"data-name='([^']*)'>([^<]*)<", dash.values.value))
+
+
+def panels(dash):
+    return dict(zip(("hp", "grad", "loss"), dash._figure.axes, strict=True))
+
+
+def test_every_record_is_shown_and_drawn_when_they_come_slower_than_the_throttle(clock):
+    dash = Dashboard(mode="widget", min_interval=0.5)
+    dash.on_start(INFO)
+    images = []
+    for i in range(N):
+        clock.now += 1.0
+        assert dash.on_record(record(i)) is False
+        shown = values_of(dash)
+        assert shown["hyper-iteration"] == f"{i + 1} / {N}"
+        assert float(shown["val_loss"]) == pytest.approx(record(i)["val_loss"], rel=1e-3)
+        assert float(shown["lr"]) == pytest.approx(record(i)["lr"], rel=1e-3)
+        assert float(shown["ex_w (mean)"]) == 0.5
+        assert float(shown["accuracy"]) == pytest.approx(record(i)["accuracy"], rel=1e-3)
+        assert dash.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+        images.append(dash.image.value)
+        # The panels hold exactly the records so far.
+        ax = panels(dash)
+        [val_line, train_line] = ax["loss"].get_lines()
+        np.testing.assert_allclose(val_line.get_ydata(), [record(k)["val_loss"] for k in range(i + 1)])
+        np.testing.assert_allclose(train_line.get_ydata(), [record(k)["train_loss"] for k in range(i + 1)])
+        lr_line = next(line for line in ax["hp"].get_lines() if line.get_label() == "lr")
+        np.testing.assert_allclose(lr_line.get_ydata(), [record(k)["lr"] for k in range(i + 1)])
+        assert ax["grad"].get_yscale() == "log"
+    assert len(set(images)) == N  # every new record changed the picture
+    assert dash.draws == N
+    dash.on_end(None)
+    assert dash.draws == N  # everything was drawn already: no extra redraw
+    assert "finished: 6 hyper-iterations" in dash.status.value
+    assert list(dash.history["val_loss"]) == [record(i)["val_loss"] for i in range(N)]
+    assert dash.history.attrs["hyperparameters"] == ["lr", "ex_w"]
+
+
+def test_throttle_waits_min_interval_and_always_draws_the_last_record(clock):
+    dash = Dashboard(mode="widget", min_interval=1.0, max_overhead=1.0)
+    dash.on_start(INFO)
+    dash.on_record(record(0))  # the first record is shown at once
+    first_image, first_values = dash.image.value, dash.values.value
+    assert dash.draws == 1
+    clock.now += 0.5
+    dash.on_record(record(1))
+    dash.on_record(record(2))
+    assert (dash.draws, dash.image.value, dash.values.value) == (1, first_image, first_values)
+    clock.now += 0.6  # 1.1 s after the first draw
+    dash.on_record(record(3))
+    assert dash.draws == 2 and values_of(dash)["hyper-iteration"] == f"4 / {N}"
+    assert len(panels(dash)["loss"].get_lines()[0].get_ydata()) == 4
+    dash.on_record(record(4))
+    assert dash.draws == 2
+    dash.on_record(record(5))  # the last of the announced hyper-iterations: drawn whatever the clock
+    assert dash.draws == 3 and values_of(dash)["hyper-iteration"] == f"{N} / {N}"
+    dash.on_end(None)
+    assert dash.draws == 3
+
+
+def test_a_run_shorter_than_announced_gets_its_final_redraw_at_the_end(clock):
+    dash = Dashboard(mode="widget", min_interval=10.0)
+    dash.on_start(INFO)
+    for i in range(3):
+        dash.on_record(record(i))
+    assert dash.draws == 1
+    dash.on_end(None)
+    assert dash.draws == 2
+    assert values_of(dash)["hyper-iteration"] == f"3 / {N}"
+    assert len(panels(dash)["loss"].get_lines()[0].get_ydata()) == 3
+
+
+def test_slow_redraws_are_spaced_to_keep_their_share_of_time_under_max_overhead(clock, monkeypatch):
+    dash = Dashboard(mode="widget", min_interval=0.1, max_overhead=0.05)
+    draw = dash.redraw
+
+    def slow_redraw():
+        draw()
+        clock.now += 0.2  # every redraw "takes" 0.2 s: the next may come 0.2 / 0.05 = 4 s later
+
+    monkeypatch.setattr(dash, "redraw", slow_redraw)
+    dash.on_start({**INFO, "hyper_iterations": 100})
+    drawn_at = []
+    for i in range(9):
+        before = dash.draws
+        dash.on_record(record(i))
+        if dash.draws > before:
+            drawn_at.append(clock.now)
+        clock.now += 1.1  # one hyper-iteration every 1.1 s
+    # The first redraw (which also loads matplotlib) does not set the pace; after the second, 4 s pass.
+    assert dash.draws == len(drawn_at) == 3
+    assert drawn_at[1] - drawn_at[0] < 2 and drawn_at[2] - drawn_at[1] >= 4
+    assert values_of(dash)["hyper-iteration"] == "9 / 100"  # the values are updated at every record
+
+
+def test_stop_button_click_makes_on_record_return_true():
+    dash = Dashboard(mode="widget", min_interval=0)
+    dash.on_start(INFO)
+    assert dash.on_record(record(0)) is False
+    dash.stop_button.click()
+    assert dash.stopped and dash.stop_button.disabled
+    assert dash.on_record(record(1)) is True
+    assert values_of(dash)["hyper-iteration"] == f"2 / {N}"  # the stopping row is shown
+    dash.on_end(type("Result", (), {"stopped": "callback"})())
+    assert "stopped: callback" in dash.status.value
+    # A new run starts unstopped.
+    dash.on_start(INFO)
+    assert not dash.stopped and not dash.stop_button.disabled
+    assert dash.on_record(record(0)) is False
+
+
+def test_after_the_run_the_shown_hyperparameters_and_scales_can_be_chosen():
+    dash = Dashboard(mode="widget", min_interval=0)
+    dash.on_start(INFO)
+    assert dash.select.disabled and all(s.disabled for s in dash.scales.values())
+    for i in range(N):
+        dash.on_record(record(i))
+    dash.on_end(None)
+    assert not dash.select.disabled and not any(s.disabled for s in dash.scales.values())
+    assert dash.select.options == ("lr", "ex_w")
+    before = dash.draws
+    dash.select.value = ("lr",)
+    assert dash.draws == before + 1
+    ax = panels(dash)
+    assert [line.get_label() for line in ax["hp"].get_lines()] == ["lr"]
+    assert [line.get_label() for line in ax["grad"].get_lines()] == ["all hyperparameters", "lr"]
+    dash.scales["hp"].value = "log"
+    dash.scales["grad"].value = "linear"
+    dash.scales["loss"].value = "log"
+    ax = panels(dash)
+    assert (ax["hp"].get_yscale(), ax["grad"].get_yscale(), ax["loss"].get_yscale()) == ("log", "linear", "log")
+
+
+def test_names_restrict_what_is_drawn_from_the_start():
+    dash = Dashboard(mode="widget", names=["ex_w"], min_interval=0)
+    dash.on_start(INFO)
+    dash.on_record(record(0))
+    assert [line.get_label() for line in panels(dash)["hp"].get_lines()] == ["ex_w (mean)"]
+
+
+def test_text_fallback_outside_a_notebook(clock):
+    out = io.StringIO()
+    dash = Dashboard(file=out)  # mode="auto": no IPython kernel here
+    assert dash.mode == "text" and dash.min_interval == 2.0
+    assert not hasattr(dash, "widget")
+    dash.on_start(INFO)
+    for i in range(N):
+        assert dash.on_record(record(i)) is False
+        clock.now += 0.75  # a line at most every 2 s: records 0, 3 and the last
+    dash.on_end(type("Result", (), {"stopped": None})())
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "[hgkit] 6 hyper-iterations, Reverse(); hyperparameters lr, ex_w"
+    assert [line.split()[1] for line in lines[1:-1]] == ["1/6", "4/6", "6/6"]
+    assert lines[1] == (
+        "[hgkit] 1/6  val_loss 2  train_loss 1.5  ‖∇f‖ 3  lr 0.1  ex_w (mean) 0.5  accuracy 0.5  (0.2 s)"
+    )
+    assert lines[-1] == "[hgkit] finished: 6 hyper-iterations"
+
+
+def test_stop_in_text_mode():
+    out = io.StringIO()
+    dash = Dashboard(mode="text", file=out)
+    dash.on_start(INFO)
+    dash.stop()
+    assert dash.on_record(record(0)) is True
+    dash.on_end(type("Result", (), {"stopped": "callback"})())
+    assert out.getvalue().splitlines()[-1] == "[hgkit] finished: 1 hyper-iteration (stopped: callback)"
+
+
+def test_as_a_plain_callback_it_reads_the_hyperparameters_from_the_record():
+    dash = Dashboard(mode="widget", min_interval=0)
+    for i in range(2):
+        assert dash(record(i)) is False
+    assert dash.info["hyperparameters"] == ["lr", "ex_w"]
+    assert dash.info["vectors"] == ["ex_w"] and dash.info["metrics"] == ["accuracy"]
+    assert values_of(dash)["hyper-iteration"] == "2 / ?"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mode="browser"), "mode must be one of"),
+        (dict(min_interval=-1), "min_interval must be a number ≥ 0"),
+        (dict(max_overhead=0), "max_overhead must be a fraction in (0, 1]"),
+        (dict(x="epoch"), "x must be 'iteration'"),
+        (dict(names="lr"), "names must be a list"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        Dashboard(**kwargs)
+
+
+def test_on_start_refuses_something_else_than_the_loops_info():
+    with pytest.raises(ValueError, match="on_start expects the loop's info dict"):
+        Dashboard(mode="text").on_start({"names": ["lr"]})
+
+
+def test_import_hgkit_loads_neither_ipywidgets_nor_matplotlib():
+    code = (
+        "import sys, hgkit, hgkit.widgets, hgkit.widgets.dashboard as d\n"
+        "d.Dashboard(mode='text').on_start(dict(hyperparameters=['lr']))\n"
+        "print(sorted(m for m in ('ipywidgets', 'matplotlib', 'IPython') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.splitlines()[-1] == "[]", out.stdout + out.stderr
+
+
+# ----- with the real loop -----------------------------------------------------------------------------------
+
+
+def ridge_problem():
+    """Ridge regression on a line: w = b / (1 + wd) after training, so the best weight decay is 1."""
+    import jax.numpy as jnp
+
+    import hgkit as hg
+
+    problem = hg.BilevelProblem(
+        init=lambda hp, key: jnp.zeros(2),
+        train_loss=lambda w, hp, b: jnp.sum((w - b) ** 2) + hp["wd"] * jnp.sum(w**2),
+        val_loss=lambda w, hp, b: jnp.sum((w - 0.5 * b) ** 2),
+        optimizer=hg.optim.momentum(lr="lr", momentum=0.5),
+    )
+    hparams = {"lr": jnp.asarray(0.1), "wd": jnp.asarray(0.1)}
+    return problem, hparams, dict(T=20, train_data=jnp.ones(2), val_data=jnp.ones(2), progress=False)
+
+
+@pytest.fixture(scope="module")
+def optimizer():
+    import optax
+
+    import hgkit as hg
+
+    problem, hparams, run_args = ridge_problem()
+    opt = hg.HyperOptimizer(
+        problem,
+        hyper_optimizer=optax.sgd(0.2),
+        constraints={"wd": hg.constraints.positive(), "lr": hg.constraints.box(0.01, 0.4)},
+    )
+    return opt, hparams, run_args
+
+
+def test_clicking_stop_during_a_real_run_ends_it_after_that_hyper_iteration(optimizer):
+    opt, hparams, run_args = optimizer
+    dash = Dashboard(mode="widget", min_interval=0)
+
+    def click_at_iteration_2(record):
+        if record["iteration"] == 2:
+            dash.stop_button.click()
+
+    result = opt.run(hparams, hyper_iterations=10, callbacks=[click_at_iteration_2, dash], **run_args)
+    assert result.stopped == "callback"
+    assert len(result.history) == 3 and list(result.history["iteration"]) == [0, 1, 2]
+    assert len(dash.records) == 3
+    assert "finished: 3 hyper-iterations (stopped: callback)" in dash.status.value
+    assert dash.stop_button.description == "Stopped" and dash.stop_button.disabled
+
+
+def test_a_real_run_is_shown_as_its_history(optimizer):
+    opt, hparams, run_args = optimizer
+    dash = Dashboard(mode="widget")
+    result = opt.run(hparams, hyper_iterations=8, callbacks=[dash], **run_args)
+    assert result.stopped is None
+    history = result.history
+    # The dashboard's records are the history's rows, and its attrs the loop's.
+    for column in history.columns:
+        np.testing.assert_array_equal(dash.history[column].to_numpy(), history[column].to_numpy())
+    assert dash.history.attrs == history.attrs
+    shown = values_of(dash)
+    assert shown["hyper-iteration"] == "8 / 8"
+    assert float(shown["val_loss"]) == pytest.approx(history["val_loss"].iloc[-1], rel=1e-3)
+    assert float(shown["wd"]) == pytest.approx(history["wd"].iloc[-1], rel=1e-3)
+    # The final picture holds the whole run: the validation curve and both trajectories.
+    ax = panels(dash)
+    np.testing.assert_allclose(ax["loss"].get_lines()[0].get_ydata(), history["val_loss"])
+    lines = {line.get_label(): line.get_ydata() for line in ax["hp"].get_lines()}
+    np.testing.assert_allclose(lines["wd"], history["wd"])
+    np.testing.assert_allclose(lines["lr"], history["lr"])
+    assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
+
+
+def test_a_real_run_in_text_mode(optimizer):
+    opt, hparams, run_args = optimizer
+    out = io.StringIO()
+    result = opt.run(hparams, hyper_iterations=4, callbacks=[Dashboard(file=out, min_interval=0)], **run_args)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("[hgkit] 4 hyper-iterations, Reverse(") and lines[0].endswith("hyperparameters lr, wd")
+    assert [line.split()[1] for line in lines[1:-1]] == ["1/4", "2/4", "3/4", "4/4"]
+    last = result.history.iloc[-1]
+    assert f"val_loss {last['val_loss']:.4g}" in lines[-2] and f"wd {last['wd']:.4g}" in lines[-2]
+    assert lines[-1] == "[hgkit] finished: 4 hyper-iterations"
+
+
+def test_a_real_time_run(optimizer):
+    import hgkit as hg
+
+    _, hparams, run_args = optimizer
+    problem, _, _ = ridge_problem()
+    opt = hg.HyperOptimizer(problem, method=hg.RealTime(5), constraints={"wd": hg.constraints.positive()})
+    dash = Dashboard(mode="widget")
+    result = opt.run(hparams, callbacks=[dash], **run_args)  # one run of T = 20 steps: 4 chunks of 5
+    assert len(result.history) == len(dash.records) == 4
+    assert values_of(dash)["hyper-iteration"] == "4 / 4"
+    np.testing.assert_array_equal(dash.history["inner_steps"], [5, 10, 15, 20])
+
+
+def test_readme_see_it_live_snippet_runs(capsys):
+    """The README's "See it live" block, run after its quickstart, shortened to 2 hyper-iterations of 5 steps."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    quickstart = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    live = text.split("<!-- live-snippet -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    short = live.replace("hyper_iterations=30, T=100", "hyper_iterations=2, T=5")
+    assert short != live
+    quickstart = quickstart.replace("T=100", "T=5")
+    namespace: dict = {}
+    exec(compile(quickstart + short, "README.md", "exec"), namespace)
+    result, fig = namespace["result"], namespace["fig"]
+    assert len(result.history) == 2 and result.stopped is None
+    assert fig.axes and "[hgkit] finished: 2 hyper-iterations" in capsys.readouterr().out  # text mode here
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -225,6 +225,12 @@ def test_population_by_vmap_matches_separate_runs():
 
     res = population(pop)
     hg.raise_if_diverged(res, 15, pop)
+    # The population axis sharded over the 4 devices (a fourth member makes it divisible): same members.
+    mesh = Mesh(np.array(jax.devices()), ("pop",))
+    four = jax.tree_util.tree_map(lambda x: jnp.concatenate([x, x[:1] * 1.1]), pop)
+    spread = population(jax.device_put(four, NamedSharding(mesh, PartitionSpec("pop"))))
+    assert len(spread.value.sharding.device_set) == 4
+    assert rel_err(jax.tree_util.tree_map(lambda x: x[:3], spread.grads), res.grads) < 1e-12
     for i in range(3):
         member = jax.tree_util.tree_map(lambda x, i=i: x[i], pop)
         v, g = hg.hypergradient(problem, member, 15, minibatch, (XV, YV))

@@ -110,6 +110,22 @@ class Reverse:
             result is the derivative with the state ``s_{T-K}`` held constant: it ignores how λ acts through
             the first T − K steps (and through the initial weights); ``truncate=T`` is the full hypergradient.
             Combines with ``checkpoint`` (which then segments the last K steps). Must satisfy 1 ≤ K ≤ T.
+
+    Example:
+        >>> import jax.numpy as jnp, hgkit as hg
+        >>> problem = hg.BilevelProblem(
+        ...     init=lambda hp, key: jnp.zeros(2),
+        ...     train_loss=lambda w, hp, b: jnp.sum((w - b) ** 2) + hp["wd"] * jnp.sum(w**2),
+        ...     val_loss=lambda w, hp, b: jnp.sum((w - 2 * b) ** 2),
+        ...     optimizer=hg.optim.sgd(0.1))
+        >>> hp, b = {"wd": jnp.asarray(0.1)}, jnp.ones(2)
+        >>> _, full = hg.hypergradient(problem, hp, T=50, train_data=b, val_data=b)
+        >>> _, ckpt = hg.hypergradient(problem, hp, 50, b, b, method=hg.Reverse(checkpoint="sqrt"))
+        >>> bool(jnp.allclose(full["wd"], ckpt["wd"]))
+        True
+        >>> _, last = hg.hypergradient(problem, hp, 50, b, b, method=hg.Reverse(truncate=5))
+        >>> bool(abs(last["wd"]) < abs(full["wd"]))  # the last 5 steps see only part of λ's effect
+        True
     """
 
     hvp: Literal["forward-over-reverse", "reverse-over-reverse"] = "reverse-over-reverse"

@@ -152,9 +152,10 @@ def own_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def peak_rss(name, T):
+def peak_rss(name, T, script=__file__):
+    """Peak resident memory of a fresh process running ``script --one NAME T`` (which prints it as JSON)."""
     out = subprocess.run(
-        [sys.executable, __file__, "--one", name, str(T)],
+        [sys.executable, script, "--one", name, str(T)],
         capture_output=True,
         text=True,
         check=True,

@@ -26,6 +26,7 @@ from ..hparams import check_hparams
 from ..problem import BilevelProblem
 from ._common import HypergradientResult, scalar_summary
 from .forward import Forward
+from .implicit import Implicit
 from .realtime import RealTime, RealTimeState
 from .reverse import Reverse
 
@@ -33,6 +34,7 @@ __all__ = [
     "DivergenceError",
     "Forward",
     "HypergradientResult",
+    "Implicit",
     "RealTime",
     "RealTimeState",
     "Reverse",
@@ -61,7 +63,9 @@ def hypergradient_result(
     """
     method = Reverse() if method is None else method
     if not callable(getattr(method, "run", None)):
-        raise TypeError(f"method must be hg.Reverse(), hg.Forward() or hg.RealTime(delta=...); got {method!r}")
+        raise TypeError(
+            f"method must be hg.Reverse(), hg.Forward(), hg.RealTime(delta=...) or hg.Implicit(); got {method!r}"
+        )
     return method.run(problem, hparams, T, train_data, val_data, key, init_state)
 
 
@@ -81,7 +85,8 @@ def hypergradient(problem: BilevelProblem, hparams, T: int, train_data, val_data
         train_data: one batch (any pytree) used at every step, or a callable ``step -> batch`` (``step`` an
             int32 counting from 0) for minibatches.
         val_data: the batch of the outer objective (a mapping of batches for several objectives).
-        method: ``hg.Reverse()`` (default), ``hg.Forward()`` or ``hg.RealTime(delta)``.
+        method: ``hg.Reverse()`` (default; ``checkpoint=`` and ``truncate=`` for long runs), ``hg.Forward()``,
+            ``hg.RealTime(delta)`` or ``hg.Implicit()``.
         key: passed to ``problem.init``.
 
     Compiled once per problem, method, T, ``train_data`` callable and input shapes: new hyperparameter values do
@@ -121,6 +126,16 @@ def raise_if_diverged(result: HypergradientResult, T: int, hparams, where: str =
                 f"hypergradient is undefined; hyperparameters: {scalar_summary(hp)}. A smaller learning rate "
                 "or fewer steps usually helps.",
                 step,
+            )
+        if grad_bad[member] >= 0 and result.solve_residual is not None and grad_bad[member] == T:
+            residual = float(np.asarray(result.solve_residual).reshape(-1)[member])
+            raise DivergenceError(
+                f"{who}the implicit hypergradient's linear solve H v = ∂E/∂w at the trained weights did not "
+                f"converge: relative residual ‖Hv − ∂E/∂w‖/‖∂E/∂w‖ = {residual:.3g}, above Implicit(tol=...). "
+                "More iterations, a smaller Neumann alpha, or a longer (converged) training run usually help; "
+                "conjugate gradients also needs a positive definite Hessian. "
+                f"Hyperparameters: {scalar_summary(hp)}.",
+                T,
             )
         if grad_bad[member] >= 0:
             step = int(grad_bad[member])

@@ -25,7 +25,10 @@ class HypergradientResult(NamedTuple):
         train_losses: the training loss at each step, shape ``(T,)``.
         diverged_at: the first inner step (0-based) whose new state was non-finite, or -1.
         grad_diverged_at: the inner step at which the derivative (adjoint or tangents) first went
-            non-finite while the state stayed finite, or -1.
+            non-finite while the state stayed finite, or -1 (:class:`~hgkit.hypergrad.Implicit`: T when its
+            linear solve did not reach its tolerance).
+        solve_residual: :class:`~hgkit.hypergrad.Implicit` only: the relative residual of its linear solve,
+            ``‖H v − ∂E/∂w‖ / ‖∂E/∂w‖`` (the largest over objectives); ``None`` for the other methods.
     """
 
     value: Any
@@ -34,6 +37,7 @@ class HypergradientResult(NamedTuple):
     train_losses: jax.Array
     diverged_at: jax.Array
     grad_diverged_at: jax.Array
+    solve_residual: Any = None
 
 
 # ----- pytree helpers ---------------------------------------------------------------------------------------

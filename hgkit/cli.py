@@ -6,6 +6,7 @@ Examples::
     hgkit reproduce hyper-cleaning                   # the default size: minutes on 2 CPU cores
     hgkit reproduce hyper-cleaning --smoke           # seconds: what the tests run
     hgkit reproduce hyper-cleaning --full --seeds 5 --out results/hyper-cleaning
+    hgkit reproduce hyper-cleaning --seeds 5 --set budgets=1000,2500 --set T=500
 """
 
 from __future__ import annotations
@@ -32,8 +33,41 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--out", type=Path, metavar="DIR", help="where to write the table and figures (default: results/NAME)"
     )
+    rep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the config, e.g. --set T=500 --set budgets=1000,2500 (repeatable)",
+    )
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def _override(config, assignment: str):
+    """``config`` with one field replaced from ``FIELD=VALUE`` (the value parsed as the field's current type)."""
+    name, sep, text = assignment.partition("=")
+    fields = {f.name for f in dataclasses.fields(config)}
+    if not sep or name not in fields:
+        raise ValueError(f"--set expects FIELD=VALUE with FIELD one of {sorted(fields)}; got {assignment!r}")
+    current = getattr(config, name)
+
+    def parse(kind, raw):
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"--set {name}: expected true or false, got {raw!r}")
+            return raw.lower() in ("true", "1")
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError(f"--set {name}: expected a {kind.__name__}, got {raw!r}") from None
+
+    if isinstance(current, tuple):
+        kind = type(current[0]) if current else str
+        value = tuple(parse(kind, part) for part in text.split(",") if part)
+    else:
+        value = parse(type(current), text)
+    return dataclasses.replace(config, **{name: value})  # the Config validates the new value
 
 
 def _list() -> None:
@@ -61,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         if not any(f.name == "seeds" for f in dataclasses.fields(config)):
             _parser().error(f"{args.experiment} has no seeds to repeat over")
         config = dataclasses.replace(config, seeds=tuple(range(args.seeds)))
+    for assignment in args.set:
+        try:
+            config = _override(config, assignment)
+        except ValueError as e:
+            _parser().error(str(e))
     out = args.out or Path("results") / args.experiment
     print(f"{module.TITLE}\n{config}\n", flush=True)
     start = time.perf_counter()

@@ -80,3 +80,16 @@ def test_cli_list_and_bad_names(capsys):
     with pytest.raises(SystemExit):
         cli.main(["reproduce", "no-such-experiment"])
     assert "unknown experiment 'no-such-experiment'" in capsys.readouterr().err
+
+
+def test_cli_set_overrides_config_fields(tmp_path, capsys):
+    args = ["reproduce", "hyper-cleaning", "--smoke", "--out", str(tmp_path), "--no-progress"]
+    sets = ["--set", "budgets=200,250", "--set", "T=4", "--set", "hyper_iterations=1"]
+    assert cli.main(args + sets) == 0
+    out = capsys.readouterr().out
+    assert "budgets=(200.0, 250.0)" in out and "T=4," in out
+    assert (tmp_path / "runs.csv").read_text().count("\n") == 3  # header + two budgets
+    for bad, message in [("T=abc", "expected a int"), ("nope=1", "FIELD one of"), ("budgets=9999", "budgets")]:
+        with pytest.raises(SystemExit):
+            cli.main(args + ["--set", bad])
+        assert message in capsys.readouterr().err

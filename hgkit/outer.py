@@ -72,7 +72,7 @@ class HyperOptimizationResult(NamedTuple):
     history: pd.DataFrame  # one row per hyper-iteration (per chunk in real time); column names in .attrs
     snapshots: dict  # {iteration: {hp name: np.ndarray}}: the values used at those iterations
     state: Any  # the final TrainState of the last inner run
-    stopped: str | None  # None (ran to the end), "callback" or "interrupted"
+    stopped: str | None  # None (ran to the end), "callback", "interrupted", or "diverged" (on the error's .result)
 
 
 class HyperDivergenceError(DivergenceError):
@@ -276,8 +276,8 @@ class HyperOptimizer:
                 )
                 snap = i == 0 or (snapshot_every is not None and i % snapshot_every == 0)
                 row, hp_host = jax.device_get((row, hp if snap else None))  # the one transfer of the iteration
-                if min(row["diverged_at"], row["grad_diverged_at"]) >= 0 or not (row["finite"] and row["update_ok"]):
-                    raise _divergence(i, row, hp, _result(spec, info, loop, None), spec.realtime)
+                if max(row["diverged_at"], row["grad_diverged_at"]) >= 0 or not (row["finite"] and row["update_ok"]):
+                    raise _divergence(i, row, hp, _result(spec, info, loop, "diverged"), spec.realtime)
                 record = to_record(i, (i + 1) * per_iteration, loop.elapsed + time.perf_counter() - start, row, info)
                 snapshots = {**loop.snapshots, i: named(info, hp_host)} if snap else loop.snapshots
                 loop = _Loop(i + 1, u, opt_state, carry, state, hp, (*loop.rows, record), snapshots, loop.elapsed)
@@ -291,8 +291,10 @@ class HyperOptimizer:
                     since_save = 0
         except KeyboardInterrupt:
             stopped = "interrupted"
-        except HyperDivergenceError:
+        except HyperDivergenceError as error:
             save()  # the last good state
+            for cb in callbacks:  # a dashboard shows how the run ended, and its history so far
+                getattr(cb, "on_end", lambda result: None)(error.result)
             raise
         finally:
             bar.close()

@@ -9,6 +9,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import mlp, mlp_init, rel_err, toy_data, tree_l2
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -249,3 +250,23 @@ def test_population_by_vmap_matches_separate_runs():
     for i in range(2):
         _, g = hg.hypergradient(QUADRATIC, {"lam": lam[i]}, 100, A, B, method=hg.Implicit())
         np.testing.assert_allclose(many.grads["lam"][i], g["lam"], rtol=1e-12)
+
+
+def test_loop_stops_on_an_unconverged_implicit_solve():
+    # The gradient is finite but the Hessian solve did not converge: the loop must stop, not descend it.
+    ended = []
+
+    class Hook:
+        def on_end(self, result):
+            ended.append(result)
+
+    opt = hg.HyperOptimizer(QUADRATIC, method=hg.Implicit(iterations=1), hyper_optimizer=optax.sgd(0.01))
+    with pytest.raises(hg.HyperDivergenceError, match="hyper-iteration 0") as info:
+        opt.run({"lam": E}, 3, 100, A, B, callbacks=[Hook()], progress=False)
+    assert info.value.step == 100 and len(info.value.result.history) == 0
+    # Callbacks (a dashboard) hear how the run ended, with the history so far.
+    assert [r.stopped for r in ended] == ["diverged"] and ended[0] is info.value.result
+    # With a converging solve the same loop runs and lowers the validation loss.
+    good = hg.HyperOptimizer(QUADRATIC, hg.Implicit(), optax.sgd(1e-3), constraints={"lam": hg.constraints.positive()})
+    history = good.run({"lam": E}, 3, 100, A, B, progress=False).history
+    assert history.val_loss.iloc[-1] < history.val_loss.iloc[0]

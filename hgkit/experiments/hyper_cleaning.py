@@ -57,7 +57,7 @@ NUM_CLASSES = 10
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """The experiment's settings (the paper's: T = 500? see ``FULL``)."""
+    """The experiment's settings; ``FULL`` is the paper's protocol, ``DEFAULT`` what ``hgkit reproduce`` runs."""
 
     seeds: tuple[int, ...] = (0,)  # label corruption and nothing else: the runs are deterministic given the seed
     budgets: tuple[float, ...] = (2500.0,)  # R in Σλ ≤ R

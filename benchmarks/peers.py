@@ -281,7 +281,9 @@ def vmhwm() -> int:
 
 def thread_settings(threads: int) -> dict[str, str]:
     """Environment that pins XLA's and PyTorch's CPU thread pools to ``threads`` (set before either imports)."""
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "JAX_PLATFORMS": "cpu"}
+    # JAX on the CPU unless HGKIT_BENCH_PLATFORM names another backend (e.g. "cuda" on a GPU machine).
+    platform = os.environ.get("HGKIT_BENCH_PLATFORM", "cpu")
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "JAX_PLATFORMS": platform}
     if threads == 1:
         env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     return env
@@ -344,6 +346,12 @@ def run_one(name: str, problem: str, T: int, data_path: str, threads: int, timed
     else:
         result["reason"] = "one call only (memory and hypergradient; no timing)"
     result.update(peak_mib=(peak - base) / 2**20, abs_peak_mib=peak / 2**20)
+    if CONTENDERS.get(name, ("jax",))[0] == "jax" and jax.default_backend() != "cpu":
+        # On an accelerator the arrays live in device memory: report its peak instead of the host's.
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            device_peak = stats["peak_bytes_in_use"] / 2**20
+            result.update(peak_mib=device_peak, abs_peak_mib=device_peak, run_peak_mib=None)
     grads = to_numpy(out)
     result["grads"] = None if grads is None else [g.tolist() for g in grads]
     return result

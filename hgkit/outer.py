@@ -43,6 +43,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import signal
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -268,27 +270,33 @@ class HyperOptimizer:
         for cb in callbacks:
             getattr(cb, "on_start", lambda info: None)(dict(info))
         bar = tqdm(total=hyper_iterations, initial=loop.next, disable=not progress, desc="hyper-iterations")
+        ctrl_c = _DeferredInterrupt()
         try:
-            while loop.next < hyper_iterations and stopped is None:
-                i = loop.next
-                u, opt_state, carry, state, hp, row = _hyper_step(
-                    spec, T, train_fn, loop.u, loop.opt_state, loop.carry, jnp.int32(i), key, train_batch, val_data
-                )
-                snap = i == 0 or (snapshot_every is not None and i % snapshot_every == 0)
-                row, hp_host = jax.device_get((row, hp if snap else None))  # the one transfer of the iteration
-                if max(row["diverged_at"], row["grad_diverged_at"]) >= 0 or not (row["finite"] and row["update_ok"]):
-                    raise _divergence(i, row, hp, _result(spec, info, loop, "diverged"), spec.realtime)
-                record = to_record(i, (i + 1) * per_iteration, loop.elapsed + time.perf_counter() - start, row, info)
-                snapshots = {**loop.snapshots, i: named(info, hp_host)} if snap else loop.snapshots
-                loop = _Loop(i + 1, u, opt_state, carry, state, hp, (*loop.rows, record), snapshots, loop.elapsed)
-                bar.update(1)
-                bar.set_postfix({k: record[k] for k in (*info["objectives"], "grad_norm")}, refresh=False)
-                if any([bool(on_record(cb, record)) for cb in callbacks]):  # a list: every callback sees the row
-                    stopped = "callback"
-                since_save += 1
-                if since_save >= checkpoint_every:
-                    save()
-                    since_save = 0
+            with ctrl_c:
+                while loop.next < hyper_iterations and stopped is None and not ctrl_c.pending:
+                    i = loop.next
+                    u, opt_state, carry, state, hp, row = _hyper_step(
+                        spec, T, train_fn, loop.u, loop.opt_state, loop.carry, jnp.int32(i), key, train_batch, val_data
+                    )
+                    snap = i == 0 or (snapshot_every is not None and i % snapshot_every == 0)
+                    row, hp_host = jax.device_get((row, hp if snap else None))  # the one transfer of the iteration
+                    if max(row["diverged_at"], row["grad_diverged_at"]) >= 0 or not (
+                        row["finite"] and row["update_ok"]
+                    ):
+                        raise _divergence(i, row, hp, _result(spec, info, loop, "diverged"), spec.realtime)
+                    record = to_record(
+                        i, (i + 1) * per_iteration, loop.elapsed + time.perf_counter() - start, row, info
+                    )
+                    snapshots = {**loop.snapshots, i: named(info, hp_host)} if snap else loop.snapshots
+                    loop = _Loop(i + 1, u, opt_state, carry, state, hp, (*loop.rows, record), snapshots, loop.elapsed)
+                    bar.update(1)
+                    bar.set_postfix({k: record[k] for k in (*info["objectives"], "grad_norm")}, refresh=False)
+                    if any([bool(on_record(cb, record)) for cb in callbacks]):  # a list: every callback sees the row
+                        stopped = "callback"
+                    since_save += 1
+                    if since_save >= checkpoint_every:
+                        save()
+                        since_save = 0
         except KeyboardInterrupt:
             stopped = "interrupted"
         except HyperDivergenceError as error:
@@ -298,6 +306,8 @@ class HyperOptimizer:
             raise
         finally:
             bar.close()
+        if ctrl_c.pending and stopped is None:
+            stopped = "interrupted"
         if since_save or loaded is None:
             save()
         out = _result(spec, info, loop, stopped)
@@ -347,6 +357,33 @@ def _describe(spec: _Spec, hparams, hyper_iterations: int) -> dict:
         hyper_iterations=hyper_iterations,
         method=repr(spec.method),
     )
+
+
+class _DeferredInterrupt:
+    """Ctrl-C (SIGINT) during a run: finish the hyper-iteration in flight, then stop cleanly.
+
+    A KeyboardInterrupt raised in the middle of JAX's dispatch or a device transfer can leave them half done, so
+    the first Ctrl-C only sets ``pending`` and the loop stops between iterations; a second one interrupts at once.
+    Only the main thread can own signal handlers; elsewhere this does nothing.
+    """
+
+    def __init__(self):
+        self.pending, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.pending:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def _result(spec: _Spec, info: dict, loop: _Loop, stopped) -> HyperOptimizationResult:

@@ -234,7 +234,8 @@ class HyperOptimizer:
         ``jax.random.fold_in(key, i)``. ``callbacks``: functions ``record -> bool | None`` or objects with
         ``on_start(info)``, ``on_record(record)``, ``on_end(result)``; True stops after that iteration.
         ``checkpoint_dir``: save every ``checkpoint_every`` iterations and on the way out; a later run with the
-        same directory resumes. Ctrl-C saves and returns ``stopped="interrupted"``.
+        same directory resumes. Ctrl-C ends the run after the hyper-iteration in flight, saves and returns
+        ``stopped="interrupted"``.
         """
         hyper_iterations, per_iteration = self._check(hparams, hyper_iterations, T, checkpoint_every, snapshot_every)
         callbacks = as_callbacks(callbacks)

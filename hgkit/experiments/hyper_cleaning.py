@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,8 @@ from ..constraints import capped_simplex
 from ..datasets.mnist import corrupt_labels, hyper_cleaning_mnist
 from ..hypergrad import Reverse
 from ..outer import HyperOptimizer
-from ..problem import BilevelProblem, batch_at, initial_state, train_step
+from ..problem import BilevelProblem, initial_state
+from ._models import train_steps
 from ._report import markdown_table
 
 NAME = "hyper-cleaning"
@@ -131,15 +131,10 @@ def make_problem(n_features: int, lr: float, dtype) -> BilevelProblem:
     return BilevelProblem(init=init, train_loss=train_loss, val_loss=val_loss, optimizer=optim.sgd(lr))
 
 
-@functools.partial(jax.jit, static_argnames=("problem", "T"))
 def train(problem: BilevelProblem, weights, T: int, train_data):
     """The weights after T steps of training with per-example ``weights`` (no hypergradient)."""
     hp = {"weights": weights}
-
-    def step(state, t):
-        return train_step(problem, state, hp, batch_at(train_data, t), t)[0], None
-
-    state, _ = jax.lax.scan(step, initial_state(problem, hp, None), jnp.arange(T, dtype=jnp.int32))
+    state, _ = train_steps(problem, initial_state(problem, hp, None), hp, jnp.int32(0), T, train_batch=train_data)
     return state.params
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -145,15 +146,80 @@ def chromium_page(root: Path, width: int = 1400, height: int = 1000):
             context.close()
 
 
-def open_and_run_all(page, url: str, notebook: str, timeout_ms: int = 60_000) -> None:
-    """Open ``notebook`` in JupyterLab, wait for its kernel, and run all cells from the Run menu."""
-    page.goto(f"{url}/lab/tree/{notebook}", timeout=timeout_ms)
+def open_notebook(page, url: str, notebook: str, timeout_ms: int = 60_000) -> None:
+    """Open ``notebook`` in JupyterLab, alone (``reset`` drops the tabs an earlier test left open: their cells would
+    match the same selectors, hidden), and wait until its kernel is idle."""
+    page.goto(f"{url}/lab/tree/{notebook}?reset", timeout=timeout_ms)
     page.wait_for_selector(".jp-Notebook", state="attached", timeout=timeout_ms)
     accept_dialog(page)
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached", timeout=timeout_ms)
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-    accept_dialog(page)
+
+
+def prompts(page) -> list[str]:
+    """The input prompts of the code cells: '[ ]:' never run, '[*]:' queued or running, '[3]:' done."""
+    return [t.strip() for t in on_screen(page).locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()]
+
+
+def on_screen(page):
+    """The notebook on screen (other notebooks' cells may be in the page, hidden)."""
+    return page.locator(".jp-NotebookPanel:visible").first
+
+
+def started(prompt: str) -> bool:
+    return bool(re.search(r"[*\d]", prompt))
+
+
+def until(page, condition, timeout_s: float) -> bool:
+    """Poll ``condition()`` until it holds (True) or ``timeout_s`` passes (False); accepts a late dialog meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        accept_dialog(page, wait_ms=100)
+        time.sleep(0.2)
+    return False
+
+
+def trigger(page, action, took, what: str, tries: int = 4, wait_s: float = 30.0) -> None:
+    """Do ``action()`` until ``took()`` shows it happened.
+
+    A click can be lost on a loaded machine (a menu opened before the notebook was ready, a cell not yet focused),
+    and then the test would wait for outputs that never come. So the action is repeated, a few times, until the
+    notebook shows that it was taken; the error names what never happened and what the prompts showed.
+    """
+    for _ in range(tries):
+        action()
+        if until(page, took, wait_s):
+            return
+        page.keyboard.press("Escape")  # close a menu left open
+    raise AssertionError(f"{what} never happened after {tries} tries; the prompts show {prompts(page)}")
+
+
+def open_and_run_all(page, url: str, notebook: str, timeout_ms: int = 60_000) -> None:
+    """Open ``notebook`` in JupyterLab, wait for its kernel, and run all cells from the Run menu."""
+    open_notebook(page, url, notebook, timeout_ms)
+
+    def run_all():
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+    trigger(page, run_all, lambda: any(map(started, prompts(page))), f"Run All Cells in {notebook}")
+
+
+def run_cell(page, has_text: str, timeout_ms: int = 60_000) -> None:
+    """Run the code cell that contains ``has_text`` (click into it, Shift+Enter) and wait until it has finished."""
+    cell = on_screen(page).locator(".jp-CodeCell", has_text=has_text).first
+
+    def prompt() -> str:
+        return cell.locator(".jp-InputPrompt").first.inner_text().strip()
+
+    def run():
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+
+    trigger(page, run, lambda: started(prompt()), f"running the cell with {has_text!r}")
+    if not until(page, lambda: re.search(r"\d", prompt()), timeout_ms / 1000):
+        raise AssertionError(f"the cell with {has_text!r} did not finish in {timeout_ms / 1000:.0f} s: {prompt()}")
 
 
 def accept_dialog(page, wait_ms: int = 1500) -> None:

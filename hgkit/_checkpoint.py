@@ -8,8 +8,9 @@ a checkpoint never runs code):
   the last trained state and the hyperparameters of the last completed iteration;
 * ``snap/<iteration>/<j>``: the snapshots, leaf ``j`` in the hyperparameters' order;
 * ``meta``: a JSON string with the format version, the next iteration, the elapsed seconds, the history rows
-  (JSON writes floats with ``repr``, so they come back bit for bit), and the run's fingerprint (hyperparameter
-  names, shapes and dtypes, method, T), which a resuming run must match.
+  (JSON writes floats with ``repr``, so they come back bit for bit), the population members dropped (diverged)
+  and why, and the run's fingerprint (hyperparameter names, shapes and dtypes, method, T, population), which a
+  resuming run must match.
 
 Tree structures are not stored: the resuming run rebuilds them from its own settings.
 """
@@ -46,6 +47,7 @@ def save_checkpoint(directory, fingerprint: dict, loop: dict) -> None:
         elapsed=loop["elapsed"],
         rows=list(loop["rows"]),
         snapshots=sorted(loop["snapshots"]),
+        dropped={str(k): v for k, v in loop["dropped"].items()},
         present=present,
         fingerprint=fingerprint,
     )
@@ -78,6 +80,7 @@ def load_checkpoint(directory, fingerprint: dict, templates: dict) -> dict | Non
                 "Use another checkpoint_dir or the same settings."
             )
         out = dict(next=meta["next"], elapsed=meta["elapsed"], rows=tuple(meta["rows"]))
+        out["dropped"] = {int(k): v for k, v in meta.get("dropped", {}).items()}
         for field in TREES:
             treedef = templates[field]
             if field not in meta["present"]:

@@ -33,7 +33,8 @@ def on_record(cb, record) -> Any:
 
 def columns(info) -> list[str]:
     """The history's columns, in order (see the contract)."""
-    cols = ["iteration", "inner_steps", "wall_time", *info["objectives"], "train_loss", "grad_norm"]
+    member = ["member"] if info.get("population") is not None else []
+    cols = ["iteration", *member, "inner_steps", "wall_time", *info["objectives"], "train_loss", "grad_norm"]
     cols += [f"grad_norm.{n}" for n in info["hyperparameters"]]
     for n in info["hyperparameters"]:
         cols += [f"{n}.{s}" for s in STATS] if n in info["vectors"] else [n]
@@ -43,9 +44,10 @@ def columns(info) -> list[str]:
 STATS = ("mean", "min", "max", "norm")
 
 
-def to_record(i: int, inner_steps: int, wall_time: float, row, info) -> dict:
+def to_record(i: int, inner_steps: int, wall_time: float, row, info, member: int | None = None) -> dict:
     """One history row as plain Python numbers, from the values the compiled step returned."""
-    rec = {"iteration": i, "inner_steps": inner_steps, "wall_time": wall_time}
+    rec = {"iteration": i} if member is None else {"iteration": i, "member": member}
+    rec.update(inner_steps=inner_steps, wall_time=wall_time)
     rec.update({col: float(v) for col, v in zip(info["objectives"], row["values"], strict=True)})
     rec.update(train_loss=float(row["train_loss"]), grad_norm=float(row["grad_norm"]))
     names = info["hyperparameters"]

@@ -46,6 +46,7 @@ import functools
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -75,6 +76,21 @@ class HyperOptimizationResult(NamedTuple):
     snapshots: dict  # {iteration: {hp name: np.ndarray}}: the values used at those iterations
     state: Any  # the final TrainState of the last inner run
     stopped: str | None  # None (ran to the end), "callback", "interrupted", or "diverged" (on the error's .result)
+
+    def best_member(self, column: str | None = None) -> int:
+        """In a population, the member whose last recorded ``column`` (the first objective by default) is lowest.
+
+        Its tuned values are ``jax.tree.map(lambda x: x[m], result.hparams)``.
+        """
+        if "member" not in self.history:
+            raise ValueError("best_member is for populations (HyperOptimizer.run(..., population=P))")
+        column = self.history.attrs["objectives"][0] if column is None else column
+        if column not in self.history:
+            raise ValueError(
+                f"column must be one of the history's columns {list(self.history.columns)}; got {column!r}"
+            )
+        last = self.history.groupby("member")[column].last()
+        return int(last.idxmin())
 
 
 class HyperDivergenceError(DivergenceError):
@@ -112,9 +128,8 @@ class _Spec:
         return jax.tree_util.tree_unflatten(self.treedef, out)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "T", "train_fn"))
-def _hyper_step(spec: _Spec, T, train_fn, u, opt_state, carry, iteration, key, train_batch, val_data):
-    """One hyper-iteration: hypergradient, optax update, projection, and the history row, all compiled."""
+def _step(spec: _Spec, T, train_fn, u, opt_state, carry, iteration, key, train_batch, val_data):
+    """One hyper-iteration: hypergradient, optax update, projection, and the history row (pure; compiled below)."""
     train_data = train_fn if train_fn is not None else train_batch
     hp, c_vjp = jax.vjp(lambda v: spec.leafwise("value", v), u)
     if spec.realtime:
@@ -146,6 +161,40 @@ def _hyper_step(spec: _Spec, T, train_fn, u, opt_state, carry, iteration, key, t
     return new_u, opt_state, carry, state, hp, row
 
 
+_hyper_step = jax.jit(_step, static_argnames=("spec", "T", "train_fn"))
+
+
+def _ok(row):
+    """Whether a hyper-iteration went through: finite training, derivative, objective and update."""
+    return (row["diverged_at"] < 0) & (row["grad_diverged_at"] < 0) & row["finite"] & row["update_ok"]
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "T", "train_fn"))
+def _population_step(spec: _Spec, T, train_fn, u, opt_state, carry, iteration, keys, train_batch, val_data, alive):
+    """The hyper-iteration of every member of a population at once: ``vmap`` of the step over the variables, the
+    optax state, the carry and the keys (the data are shared). A member that fails now, or has failed before
+    (``alive`` False), keeps its variables, so that the others go on."""
+    step = functools.partial(_step, spec, T, train_fn)
+    axes = (0, 0, 0, None, 0, None, None)
+    new_u, new_opt, new_carry, state, hp, row = jax.vmap(step, in_axes=axes)(
+        u, opt_state, carry, iteration, keys, train_batch, val_data
+    )
+    ok = alive & _ok(row)
+
+    def keep(new, old):
+        return jax.tree_util.tree_map(lambda a, b: _where(ok, a, b), new, old)
+
+    return keep(new_u, u), keep(new_opt, opt_state), keep(new_carry, carry), state, hp, {**row, "ok": ok}
+
+
+def _where(ok, a, b):
+    """``a`` for the members where ``ok``, else ``b`` (leading axis: the member); PRNG keys included."""
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        data = _where(ok, jax.random.key_data(a), jax.random.key_data(b))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    return jnp.where(jnp.reshape(ok, ok.shape + (1,) * (a.ndim - 1)), a, b)
+
+
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _initial_carry(spec: _Spec, u, key):
     """What runs on across hyper-iterations: the real-time carry, or the training state for warm restarts."""
@@ -172,6 +221,7 @@ class _Loop(NamedTuple):
     rows: tuple
     snapshots: dict
     elapsed: float  # wall time of earlier sessions (resumed runs)
+    dropped: dict  # {member: why}: the population members that diverged (frozen since)
 
 
 class HyperOptimizer:
@@ -226,6 +276,7 @@ class HyperOptimizer:
         checkpoint_dir=None,
         checkpoint_every: int = 10,
         snapshot_every: int | None = None,
+        population: int | None = None,
     ) -> HyperOptimizationResult:
         """Run the loop; see the contract in the module docstring.
 
@@ -236,29 +287,53 @@ class HyperOptimizer:
         ``checkpoint_dir``: save every ``checkpoint_every`` iterations and on the way out; a later run with the
         same directory resumes. Ctrl-C ends the run after the hyper-iteration in flight, saves and returns
         ``stopped="interrupted"``.
+
+        ``population=P`` tunes P settings together, in one compiled call per hyper-iteration (``vmap``): every
+        leaf of ``hparams`` then has a leading axis of size P (member ``p``'s starting values are ``x[p]``),
+        member ``p`` uses the key ``jax.random.split(key, P)[p]`` (so it runs exactly as a separate run with that
+        key would), the history has a ``member`` column and one row per member and iteration, callbacks get
+        every member's record, and the result's hyperparameters keep the leading axis
+        (:meth:`HyperOptimizationResult.best_member` picks one). A member that diverges is frozen at its last
+        finite values, reported with a warning and in ``history.attrs["dropped"]``, and the others go on; the
+        run raises :class:`HyperDivergenceError` only when every member has diverged.
         """
         hyper_iterations, per_iteration = self._check(hparams, hyper_iterations, T, checkpoint_every, snapshot_every)
+        P = _check_population(population, hparams)
+        template = hparams if P is None else jax.tree_util.tree_map(lambda x: x[0], hparams)
         callbacks = as_callbacks(callbacks)
         spec = _Spec(
             self.problem,
             self.method,
             self.hyper_optimizer,
             tuple(self.metrics.items()),
-            C.per_leaf(self.constraints, hparams),
+            C.per_leaf(self.constraints, template),
             jax.tree_util.tree_structure(hparams),
             self.warm_restart and not isinstance(self.method, RealTime),
         )
-        info = _describe(spec, hparams, hyper_iterations)
+        for p in range(P or 0):  # every member's starting values must be feasible
+            try:
+                C.per_leaf(self.constraints, jax.tree_util.tree_map(lambda x, p=p: x[p], hparams))
+            except ValueError as e:
+                raise ValueError(f"population member {p}: {e}") from None
+        info = _describe(spec, template, hyper_iterations)
+        info["population"] = P
         leaves = [[n, list(np.shape(x)), str(x.dtype)] for n, x in named(info, hparams).items()]
         fingerprint = dict(hparams=leaves, method=info["method"], T=T, warm_restart=spec.warm)
+        if P is not None:
+            fingerprint["population"] = P
         train_fn, train_batch = (train_data, None) if callable(train_data) else (None, train_data)
+        keys = key if P is None or key is None else jax.random.split(key, P)
         # Strong dtypes from the start: a weakly typed jnp.asarray(0.1) would come back strong from the first update
         # and recompile the step.
-        u0 = spec.leafwise("free", jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=x.dtype), hparams))
-        templates = _templates(spec, T, train_fn, u0, key, train_batch, val_data)
+        strong = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=x.dtype), hparams)
+        u0 = _per_member(P, lambda h: spec.leafwise("free", h))(strong)
+        templates = _templates(spec, P, T, train_fn, u0, keys, train_batch, val_data)
         loaded = load_checkpoint(checkpoint_dir, fingerprint, templates)
         if loaded is None:  # a fresh start
-            loop = _Loop(0, u0, spec.tx.init(u0), _initial_carry(spec, u0, key), None, None, (), {}, 0.0)
+            opt_state = _per_member(P, spec.tx.init)(u0)
+            carry_axes = (0, None if keys is None else 0)
+            carry = _per_member(P, functools.partial(_initial_carry, spec), carry_axes)(u0, keys)
+            loop = _Loop(0, u0, opt_state, carry, None, None, (), {}, 0.0, {})
         else:
             loop = _Loop(**loaded)
         start, stopped, since_save = time.perf_counter(), None, 0
@@ -276,23 +351,29 @@ class HyperOptimizer:
             with ctrl_c:
                 while loop.next < hyper_iterations and stopped is None and not ctrl_c.pending:
                     i = loop.next
-                    u, opt_state, carry, state, hp, row = _hyper_step(
-                        spec, T, train_fn, loop.u, loop.opt_state, loop.carry, jnp.int32(i), key, train_batch, val_data
-                    )
+                    args = (loop.u, loop.opt_state, loop.carry, jnp.int32(i), keys, train_batch, val_data)
+                    if P is None:
+                        u, opt_state, carry, state, hp, row = _hyper_step(spec, T, train_fn, *args)
+                    else:
+                        alive = np.array([p not in loop.dropped for p in range(P)])
+                        u, opt_state, carry, state, hp, row = _population_step(spec, T, train_fn, *args, alive)
                     snap = i == 0 or (snapshot_every is not None and i % snapshot_every == 0)
                     row, hp_host = jax.device_get((row, hp if snap else None))  # the one transfer of the iteration
-                    if max(row["diverged_at"], row["grad_diverged_at"]) >= 0 or not (
-                        row["finite"] and row["update_ok"]
-                    ):
-                        raise _divergence(i, row, hp, _result(spec, info, loop, "diverged"), spec.realtime)
-                    record = to_record(
-                        i, (i + 1) * per_iteration, loop.elapsed + time.perf_counter() - start, row, info
-                    )
+                    wall = loop.elapsed + time.perf_counter() - start
+                    if P is None:
+                        if not _ok(row):
+                            raise _divergence(i, row, hp, _result(spec, info, loop, "diverged"), spec.realtime)
+                        records, dropped = [to_record(i, (i + 1) * per_iteration, wall, row, info)], loop.dropped
+                    else:
+                        records, dropped = self._members(spec, info, loop, i, per_iteration, wall, row, hp)
                     snapshots = {**loop.snapshots, i: named(info, hp_host)} if snap else loop.snapshots
-                    loop = _Loop(i + 1, u, opt_state, carry, state, hp, (*loop.rows, record), snapshots, loop.elapsed)
+                    rows = (*loop.rows, *records)
+                    loop = _Loop(i + 1, u, opt_state, carry, state, hp, rows, snapshots, loop.elapsed, dropped)
                     bar.update(1)
-                    bar.set_postfix({k: record[k] for k in (*info["objectives"], "grad_norm")}, refresh=False)
-                    if any([bool(on_record(cb, record)) for cb in callbacks]):  # a list: every callback sees the row
+                    best = min(records, key=lambda r: r[info["objectives"][0]])
+                    bar.set_postfix({k: best[k] for k in (*info["objectives"], "grad_norm")}, refresh=False)
+                    # A list, not a generator: every callback sees every record.
+                    if any([bool(on_record(cb, r)) for r in records for cb in callbacks]):
                         stopped = "callback"
                     since_save += 1
                     if since_save >= checkpoint_every:
@@ -315,6 +396,30 @@ class HyperOptimizer:
         for cb in callbacks:
             getattr(cb, "on_end", lambda result: None)(out)
         return out
+
+    @staticmethod
+    def _members(spec, info, loop, i, per_iteration, wall, row, hp) -> tuple[list, dict]:
+        """The records of the members that went through iteration ``i``, and the members dropped so far (a member
+        that failed now is reported with a warning; when none is left, the run ends with the last one's error)."""
+        records, dropped = [], dict(loop.dropped)
+        for p in range(len(row["ok"])):
+            if p in dropped:
+                continue
+            mine = jax.tree_util.tree_map(lambda x, p=p: x[p], row)
+            if mine["ok"]:
+                records.append(to_record(i, (i + 1) * per_iteration, wall, mine, info, member=p))
+                continue
+            member_hp = jax.device_get(jax.tree_util.tree_map(lambda x, p=p: x[p], hp))
+            step, what = _what_failed(i, mine, member_hp, spec.realtime)
+            dropped[p] = f"population member {p}: {what}"
+            if len(dropped) == len(row["ok"]):
+                why = (
+                    f"every member of the population diverged; the last, {dropped[p]} The history so far is in "
+                    "this error's .result; a smaller hyper_optimizer learning rate or a constraint usually helps."
+                )
+                raise HyperDivergenceError(why, i, step, member_hp, _result(spec, info, loop, "diverged"))
+            warnings.warn(f"{dropped[p]} It stays at those values; the others go on.", RuntimeWarning, stacklevel=3)
+        return records, dropped
 
     def _check(self, hparams, hyper_iterations, T, checkpoint_every, snapshot_every) -> tuple[int, int]:
         """Refuse bad settings before anything runs; returns (hyper_iterations, inner steps per iteration)."""
@@ -391,14 +496,49 @@ def _result(spec: _Spec, info: dict, loop: _Loop, stopped) -> HyperOptimizationR
     history = pd.DataFrame(list(loop.rows), columns=columns(info))
     history.attrs.update({k: info[k] for k in ("hyperparameters", "scalars", "vectors", "objectives", "metrics")})
     history.attrs["method"] = info["method"]
+    if info["population"] is not None:
+        history.attrs.update(population=info["population"], dropped=dict(loop.dropped))
     snapshots = dict(loop.snapshots)
     if loop.last_hp is not None:  # the last iteration run is always there
         snapshots.setdefault(loop.next - 1, named(info, jax.device_get(loop.last_hp)))
-    return HyperOptimizationResult(spec.leafwise("value", loop.u), history, snapshots, loop.state, stopped)
+    hparams = _per_member(info["population"], lambda u: spec.leafwise("value", u))(loop.u)
+    return HyperOptimizationResult(hparams, history, snapshots, loop.state, stopped)
+
+
+def _per_member(P: int | None, fn, in_axes=0):
+    """``fn`` itself for a single run, its ``vmap`` over the members of a population."""
+    return fn if P is None else jax.vmap(fn, in_axes=in_axes)
+
+
+def _check_population(population, hparams) -> int | None:
+    """``population`` as an int, after checking that every leaf of ``hparams`` has a leading axis of that size."""
+    if population is None:
+        return None
+    if not _positive_int(population):
+        raise ValueError(f"population must be None or a positive int (the number of members); got {population!r}")
+    for path, x in jax.tree_util.tree_leaves_with_path(hparams):
+        if np.ndim(x) == 0 or np.shape(x)[0] != population:
+            raise ValueError(
+                f"with population={population}, every hyperparameter needs a leading axis of size {population} "
+                f"(one row per member); {path_name(path)!r} has shape {tuple(np.shape(x))}"
+            )
+    return int(population)
 
 
 def _divergence(i: int, row, hp, so_far: HyperOptimizationResult, realtime: bool) -> HyperDivergenceError:
-    hp = jax.device_get(hp)
+    step, what = _what_failed(i, row, hp, realtime)
+    return HyperDivergenceError(
+        f"{what} The history of the {i} completed hyper-iterations is in this error's .result; a smaller "
+        "hyper_optimizer learning rate or a constraint (hg.constraints) usually helps.",
+        i,
+        step,
+        jax.device_get(hp),
+        so_far,
+    )
+
+
+def _what_failed(i: int, row, hp, realtime: bool) -> tuple[int | None, str]:
+    """The inner step that went non-finite (or None), and a sentence saying what failed, where, and with what."""
     where = "the training run" if realtime else "this inner run"
     step = None
     if row["diverged_at"] >= 0:
@@ -411,25 +551,21 @@ def _divergence(i: int, row, hp, so_far: HyperOptimizationResult, realtime: bool
         what = "the validation objective or the hypergradient is non-finite"
     else:
         what = "the hyperparameter update is non-finite (is the hyper_optimizer's step too large?)"
-    return HyperDivergenceError(
-        f"hyper-iteration {i}: {what}; hyperparameters used: {scalar_summary(hp)}. The history of the {i} "
-        "completed hyper-iterations is in this error's .result; a smaller hyper_optimizer learning rate or a "
-        "constraint (hg.constraints) usually helps.",
-        i,
-        step,
-        hp,
-        so_far,
-    )
+    return step, f"hyper-iteration {i}: {what}; hyperparameters used: {scalar_summary(jax.device_get(hp))}."
 
 
-def _templates(spec: _Spec, T, train_fn, u0, key, train_batch, val_data) -> dict:
+def _templates(spec: _Spec, P, T, train_fn, u0, keys, train_batch, val_data) -> dict:
     """The pytree structures a checkpoint's leaves are put back into (they are not stored).
 
     Found by tracing the step on shapes alone, which also checks the data and the problem before anything runs.
     """
-    carry = jax.eval_shape(functools.partial(_initial_carry, spec), u0, key)
-    opt_state = jax.eval_shape(spec.tx.init, u0)
-    step = functools.partial(_hyper_step, spec, T, train_fn)
-    _, _, _, state, _, _ = jax.eval_shape(step, u0, opt_state, carry, jnp.int32(0), key, train_batch, val_data)
+    carry_axes = (0, None if keys is None else 0)
+    carry = jax.eval_shape(_per_member(P, functools.partial(_initial_carry, spec), carry_axes), u0, keys)
+    opt_state = jax.eval_shape(_per_member(P, spec.tx.init), u0)
+    args = (u0, opt_state, carry, jnp.int32(0), keys, train_batch, val_data)
+    if P is None:
+        out = jax.eval_shape(functools.partial(_hyper_step, spec, T, train_fn), *args)
+    else:
+        out = jax.eval_shape(functools.partial(_population_step, spec, T, train_fn), *args, np.ones(P, bool))
     tree = jax.tree_util.tree_structure
-    return dict(u=spec.treedef, opt_state=tree(opt_state), carry=tree(carry), state=tree(state), last_hp=spec.treedef)
+    return dict(u=spec.treedef, opt_state=tree(opt_state), carry=tree(carry), state=tree(out[3]), last_hp=spec.treedef)

@@ -5,7 +5,8 @@ histograms); none calls ``plt.show()``. The history is the loop's DataFrame (one
 ``iteration``, ``inner_steps``, ``wall_time``, ``val_loss``, ``train_loss``, ``grad_norm``, ``grad_norm.<hp>``,
 ``<hp>`` or ``<hp>.mean/.min/.max``, metrics; ``history.attrs`` names the hyperparameters), or a result that has
 one as ``.history``. Each hyperparameter keeps one colour in every panel: :func:`hyperparameter_colors` assigns
-them by the hyperparameter's position in ``history.attrs["hyperparameters"]``.
+them by the hyperparameter's position in ``history.attrs["hyperparameters"]``. A population's history (a ``member``
+column, ``HyperOptimizer.run(..., population=P)``) gets one line per member, all alike and labelled once.
 
 This module is imported on demand (``import hgkit.plot``); ``import hgkit`` does not load matplotlib.
 
@@ -115,6 +116,22 @@ def _x(history, x: str):
     return np.asarray(history[x], dtype=float)
 
 
+def _members(history) -> list:
+    """The history's rows per population member (one group for a single run's history)."""
+    if "member" not in history.columns:
+        return [history]
+    return [rows for _, rows in history.groupby("member", sort=True)]
+
+
+def _plot(ax, history, x: str, column: str, **style) -> list:
+    """``column`` against ``x``: one line, or in a population's history one per member, alike and labelled once."""
+    lines = []
+    for k, rows in enumerate(_members(history)):
+        lines += ax.plot(_x(rows, x), rows[column], **(style if k == 0 else {**style, "label": "_nolegend_"}))
+        style.setdefault("color", lines[0].get_color())  # the next members in the first one's colour
+    return lines
+
+
 def _is_vector(history, name: str) -> bool:
     if name in history.columns:
         return False
@@ -164,28 +181,20 @@ def hyperparameters(
     history = history_of(history)
     names = list(names) if names is not None else hyperparameter_names(history)
     colors = _colors(history, names, colors)
-    xs = _x(history, x)
+    _x(history, x)
     artists = []
     for name in names:
         if _is_vector(history, name):
             _require(history, [f"{name}.min", f"{name}.max"], f"hyperparameter {name!r}")
-            (line,) = ax.plot(xs, history[f"{name}.mean"], color=colors[name], label=f"{name} (mean)")
-            artists.append(line)
-            if band:
+            artists += _plot(ax, history, x, f"{name}.mean", color=colors[name], label=f"{name} (mean)")
+            for k, rows in enumerate(_members(history) if band else []):
+                label = f"{name} (min–max)" if k == 0 else "_nolegend_"
+                low, high = rows[f"{name}.min"], rows[f"{name}.max"]
                 artists.append(
-                    ax.fill_between(
-                        xs,
-                        history[f"{name}.min"],
-                        history[f"{name}.max"],
-                        color=colors[name],
-                        alpha=0.2,
-                        linewidth=0,
-                        label=f"{name} (min–max)",
-                    )
+                    ax.fill_between(_x(rows, x), low, high, color=colors[name], alpha=0.2, linewidth=0, label=label)
                 )
         else:
-            (line,) = ax.plot(xs, history[name], color=colors[name], label=name)
-            artists.append(line)
+            artists += _plot(ax, history, x, name, color=colors[name], label=name)
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel("hyperparameter value")
     if len(artists) > 1:
@@ -209,13 +218,13 @@ def grad_norms(
     history = history_of(history)
     names = list(names) if names is not None else hyperparameter_names(history)
     colors = _colors(history, names, colors)
-    xs = _x(history, x)
+    _x(history, x)
     _require(history, (["grad_norm"] if total else []) + [f"grad_norm.{n}" for n in names], "grad_norms")
     lines = []
     if total:
-        lines += ax.plot(xs, history["grad_norm"], color="black", linewidth=2, label="all hyperparameters")
+        lines += _plot(ax, history, x, "grad_norm", color="black", linewidth=2, label="all hyperparameters")
     for name in names:
-        lines += ax.plot(xs, history[f"grad_norm.{name}"], color=colors[name], label=name)
+        lines += _plot(ax, history, x, f"grad_norm.{name}", color=colors[name], label=name)
     ax.set_yscale("log")
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel("hypergradient norm ‖∇f‖")
@@ -238,14 +247,14 @@ def losses(ax, history, x: str = "iteration", train: bool = True, logy: bool = F
         The lines: the objective(s), then the training loss.
     """
     history = history_of(history)
-    xs = _x(history, x)
+    _x(history, x)
     lines = []
     for column, style in zip(_objective_columns(history), ["-", "-.", ":", (0, (5, 1))] * 4, strict=False):
         label = "validation loss" if column == "val_loss" else f"objective {column.split('.', 1)[1]}"
-        lines += ax.plot(xs, history[column], color="black", linestyle=style, label=label)
+        lines += _plot(ax, history, x, column, color="black", linestyle=style, label=label)
     if train:
         _require(history, ["train_loss"], "losses")
-        lines += ax.plot(xs, history["train_loss"], color="0.5", linestyle="--", label="training loss (last step)")
+        lines += _plot(ax, history, x, "train_loss", color="0.5", linestyle="--", label="training loss (last step)")
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(X_LABELS[x])
@@ -259,10 +268,10 @@ def metrics(ax, history, names: Sequence[str] | None = None, x: str = "iteration
     history = history_of(history)
     names = list(names) if names is not None else _metric_columns(history)
     _require(history, names, "metrics")
-    xs = _x(history, x)
+    _x(history, x)
     lines = []
     for name in names:
-        lines += ax.plot(xs, history[name], label=name)
+        lines += _plot(ax, history, x, name, label=name)
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel(names[0] if len(names) == 1 else "metric")
     if len(names) > 1:

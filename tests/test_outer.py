@@ -418,7 +418,9 @@ def test_callbacks_stop_and_receive_plain_records():
     assert kinds == ["start", "record", "record", "record", "end"]
     info = seen[0][1]
     assert info["hyperparameters"] == ["lr", "mu", "wd"] and info["hyper_iterations"] == 10
-    assert set(info) == {"hyperparameters", "scalars", "vectors", "objectives", "metrics", "hyper_iterations", "method"}
+    assert info["population"] is None
+    assert set(info) == {"hyperparameters", "scalars", "vectors", "objectives", "metrics", "hyper_iterations", "method",
+                         "population"}  # fmt: skip
     record = seen[1][1]
     assert type(record["iteration"]) is int and type(record["val_loss"]) is float
     assert record == {k: v for k, v in result.history.iloc[0].items() if k in record} and set(record) == set(
@@ -609,3 +611,9 @@ def test_readme_loop_section_runs_as_written(monkeypatch, tmp_path):
     assert len(result.history) == 20 and result.stopped is None
     assert result.history.val_loss.iloc[-1] < result.history.val_loss.iloc[0]
     assert (tmp_path / "runs" / "quickstart" / "hyperopt.npz").exists()
+    # The population example of "Many devices and populations", continuing the same session.
+    population = text.split("The loop tunes a population too", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    exec(compile(population, "README.md", "exec"), namespace)
+    result, best = namespace["result"], namespace["best"]
+    assert len(result.history) == 4 * 20 and result.history.attrs["dropped"] == {}
+    assert result.history.groupby("member").val_loss.last().idxmin() == best

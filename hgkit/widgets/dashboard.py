@@ -240,6 +240,8 @@ class Dashboard:
         n = len(self.records)
         if self._shown < n or (self.mode == "widget" and self._drawn < n):
             self._show()
+        if n and "member" in self.records[-1]:  # a population: one record per member and iteration
+            n = len({r["iteration"] for r in self.records})
         stopped = getattr(result, "stopped", None)
         if stopped is None and self._stop.is_set():
             stopped = "callback"
@@ -313,7 +315,8 @@ class Dashboard:
     def _current(self, record: Mapping) -> list[tuple[str, object]]:
         """(label, value) pairs of a record: losses, ‖∇f‖, hyperparameters, metrics."""
         info = self.info or {}
-        pairs = [(c, record[c]) for c in info.get("objectives") or [] if c in record]
+        pairs = [("member", record["member"])] if "member" in record else []  # a population: whose values these are
+        pairs += [(c, record[c]) for c in info.get("objectives") or [] if c in record]
         pairs += [(c, record[c]) for c in ("train_loss",) if c in record]
         if "grad_norm" in record:
             pairs.append(("‖∇f‖", record["grad_norm"]))

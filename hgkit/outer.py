@@ -20,6 +20,10 @@ parts, and the metrics at the trained weights; ``history.attrs`` says which colu
 iteration i draws its initial weights with ``jax.random.fold_in(key, i)``, so the same key gives the same history
 bit for bit. Checkpoints are one ``.npz`` file replaced atomically (format in :mod:`hgkit._checkpoint`).
 
+A population (``run(..., population=P)``) runs P copies of this loop side by side, one ``vmap`` of the compiled
+step: member ``p`` starts from ``λ[p]`` (every leaf stacked on a leading axis) with the key
+``jax.random.split(key, P)[p]``, and its rows carry ``member = p``.
+
 Example:
     >>> import jax.numpy as jnp, optax, hgkit as hg
     >>> problem = hg.BilevelProblem(

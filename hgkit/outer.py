@@ -66,7 +66,7 @@ from ._checkpoint import load_checkpoint, save_checkpoint
 from ._history import as_callbacks, columns, named, on_record, to_record
 from .hparams import check_hparams
 from .hypergrad import DivergenceError, RealTime, Reverse, hypergradient_result
-from .hypergrad._common import all_finite, path_name, scalar_summary
+from .hypergrad._common import all_finite, path_name, positive_int, scalar_summary
 from .problem import BilevelProblem, initial_state
 
 __all__ = ["HyperOptimizer", "HyperOptimizationResult", "HyperDivergenceError"]
@@ -303,7 +303,7 @@ class HyperOptimizer:
         """
         hyper_iterations, per_iteration = self._check(hparams, hyper_iterations, T, checkpoint_every, snapshot_every)
         P = _check_population(population, hparams)
-        template = hparams if P is None else jax.tree_util.tree_map(lambda x: x[0], hparams)
+        template = hparams if P is None else _member(hparams, 0)
         callbacks = as_callbacks(callbacks)
         spec = _Spec(
             self.problem,
@@ -316,7 +316,7 @@ class HyperOptimizer:
         )
         for p in range(P or 0):  # every member's starting values must be feasible
             try:
-                C.per_leaf(self.constraints, jax.tree_util.tree_map(lambda x, p=p: x[p], hparams))
+                C.per_leaf(self.constraints, _member(hparams, p))
             except ValueError as e:
                 raise ValueError(f"population member {p}: {e}") from None
         info = _describe(spec, template, hyper_iterations)
@@ -409,11 +409,11 @@ class HyperOptimizer:
         for p in range(len(row["ok"])):
             if p in dropped:
                 continue
-            mine = jax.tree_util.tree_map(lambda x, p=p: x[p], row)
+            mine = _member(row, p)
             if mine["ok"]:
                 records.append(to_record(i, (i + 1) * per_iteration, wall, mine, info, member=p))
                 continue
-            member_hp = jax.device_get(jax.tree_util.tree_map(lambda x, p=p: x[p], hp))
+            member_hp = jax.device_get(_member(hp, p))
             step, what = _what_failed(i, mine, member_hp, spec.realtime)
             dropped[p] = f"population member {p}: {what}"
             if len(dropped) == len(row["ok"]):
@@ -428,11 +428,11 @@ class HyperOptimizer:
     def _check(self, hparams, hyper_iterations, T, checkpoint_every, snapshot_every) -> tuple[int, int]:
         """Refuse bad settings before anything runs; returns (hyper_iterations, inner steps per iteration)."""
         check_hparams(hparams)
-        if not _positive_int(T):
+        if not positive_int(T):
             raise ValueError(f"T (inner steps) must be a positive int; got {T!r}")
-        if not _positive_int(checkpoint_every):
+        if not positive_int(checkpoint_every):
             raise ValueError(f"checkpoint_every must be a positive int; got {checkpoint_every!r}")
-        if snapshot_every is not None and not _positive_int(snapshot_every):
+        if snapshot_every is not None and not positive_int(snapshot_every):
             raise ValueError(f"snapshot_every must be None or a positive int; got {snapshot_every!r}")
         if isinstance(self.method, RealTime):
             delta = self.method.delta
@@ -444,13 +444,9 @@ class HyperOptimizer:
                     f"training run); got {hyper_iterations!r}"
                 )
             return T // delta, delta
-        if not _positive_int(hyper_iterations):
+        if not positive_int(hyper_iterations):
             raise ValueError(f"hyper_iterations must be a positive int; got {hyper_iterations!r}")
         return hyper_iterations, T
-
-
-def _positive_int(x) -> bool:
-    return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= 1
 
 
 def _describe(spec: _Spec, hparams, hyper_iterations: int) -> dict:
@@ -509,6 +505,11 @@ def _result(spec: _Spec, info: dict, loop: _Loop, stopped) -> HyperOptimizationR
     return HyperOptimizationResult(hparams, history, snapshots, loop.state, stopped)
 
 
+def _member(tree, p: int):
+    """Member ``p``'s part of a population's pytree (every leaf's row ``p``)."""
+    return jax.tree_util.tree_map(lambda x: x[p], tree)
+
+
 def _per_member(P: int | None, fn, in_axes=0):
     """``fn`` itself for a single run, its ``vmap`` over the members of a population."""
     return fn if P is None else jax.vmap(fn, in_axes=in_axes)
@@ -518,7 +519,7 @@ def _check_population(population, hparams) -> int | None:
     """``population`` as an int, after checking that every leaf of ``hparams`` has a leading axis of that size."""
     if population is None:
         return None
-    if not _positive_int(population):
+    if not positive_int(population):
         raise ValueError(f"population must be None or a positive int (the number of members); got {population!r}")
     for path, x in jax.tree_util.tree_leaves_with_path(hparams):
         if np.ndim(x) == 0 or np.shape(x)[0] != population:

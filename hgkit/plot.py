@@ -181,7 +181,7 @@ def hyperparameters(
     history = history_of(history)
     names = list(names) if names is not None else hyperparameter_names(history)
     colors = _colors(history, names, colors)
-    _x(history, x)
+    _x(history, x)  # refuse a bad x before drawing anything
     artists = []
     for name in names:
         if _is_vector(history, name):
@@ -218,7 +218,7 @@ def grad_norms(
     history = history_of(history)
     names = list(names) if names is not None else hyperparameter_names(history)
     colors = _colors(history, names, colors)
-    _x(history, x)
+    _x(history, x)  # refuse a bad x before drawing anything
     _require(history, (["grad_norm"] if total else []) + [f"grad_norm.{n}" for n in names], "grad_norms")
     lines = []
     if total:
@@ -247,7 +247,7 @@ def losses(ax, history, x: str = "iteration", train: bool = True, logy: bool = F
         The lines: the objective(s), then the training loss.
     """
     history = history_of(history)
-    _x(history, x)
+    _x(history, x)  # refuse a bad x before drawing anything
     lines = []
     for column, style in zip(_objective_columns(history), ["-", "-.", ":", (0, (5, 1))] * 4, strict=False):
         label = "validation loss" if column == "val_loss" else f"objective {column.split('.', 1)[1]}"
@@ -268,7 +268,7 @@ def metrics(ax, history, names: Sequence[str] | None = None, x: str = "iteration
     history = history_of(history)
     names = list(names) if names is not None else _metric_columns(history)
     _require(history, names, "metrics")
-    _x(history, x)
+    _x(history, x)  # refuse a bad x before drawing anything
     lines = []
     for name in names:
         lines += _plot(ax, history, x, name, label=name)

@@ -144,12 +144,17 @@ def _reraise(e: Exception, message: str):
     raise new from e
 
 
+def positive_int(x) -> bool:
+    """Whether ``x`` is an int (Python or NumPy, never a bool) of at least 1: the check of every count argument."""
+    return isinstance(x, int | np.integer) and not isinstance(x, bool) and x >= 1
+
+
 def check_inputs(problem: BilevelProblem, hparams, T, train_data, val_data, key, init_state=None) -> TrainState:
     """Every check that can be made from shapes alone; returns the abstract initial state."""
     if not isinstance(problem, BilevelProblem):
         raise TypeError(f"problem must be an hg.BilevelProblem, got {type(problem).__name__}")
     check_hparams(hparams)
-    if isinstance(T, bool) or not isinstance(T, int | np.integer) or T < 1:
+    if not positive_int(T):
         raise ValueError(f"T (the number of training steps) must be a positive int; got {T!r}")
     hp = _abstract(hparams)
     if init_state is None:

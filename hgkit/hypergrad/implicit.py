@@ -27,6 +27,7 @@ from ._common import (
     check_inputs,
     mark_first,
     per_objective_grads,
+    positive_int,
     unstack_value,
 )
 
@@ -124,11 +125,7 @@ class Implicit:
     def __post_init__(self):
         if self.solver not in ("cg", "neumann"):
             raise ValueError(f"Implicit(solver=...) must be 'cg' or 'neumann'; got {self.solver!r}")
-        if (
-            isinstance(self.iterations, bool)
-            or not isinstance(self.iterations, int | np.integer)
-            or self.iterations < 1
-        ):
+        if not positive_int(self.iterations):
             raise ValueError(f"Implicit(iterations=...) must be a positive int; got {self.iterations!r}")
         for name in ("tol", "alpha"):
             value = getattr(self, name)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..problem import BilevelProblem, TrainState
-from ._common import HypergradientResult, check_inputs, unstack_value
+from ._common import HypergradientResult, check_inputs, positive_int, unstack_value
 from .forward import DEFAULT_MAX_DIRECTIONS, advance, check_directions, directions, init_tangents, read_out
 
 
@@ -65,7 +65,7 @@ class RealTime:
     max_directions: int | None = DEFAULT_MAX_DIRECTIONS
 
     def __post_init__(self):
-        if isinstance(self.delta, bool) or not isinstance(self.delta, int) or self.delta < 1:
+        if not positive_int(self.delta):
             raise ValueError(f"RealTime(delta=...) must be a positive int number of inner steps; got {self.delta!r}")
 
     def init(self, problem: BilevelProblem, hparams, key=None, init_state=None) -> RealTimeState:

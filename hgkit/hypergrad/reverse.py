@@ -32,6 +32,7 @@ from ._common import (
     mark_first,
     partition,
     per_objective_grads,
+    positive_int,
     tree_map,
     unstack_value,
 )
@@ -137,12 +138,12 @@ class Reverse:
             raise ValueError(
                 f"Reverse(hvp=...) must be 'forward-over-reverse' or 'reverse-over-reverse'; got {self.hvp!r}"
             )
-        if not (self.checkpoint is None or self.checkpoint == "sqrt" or _positive_int(self.checkpoint)):
+        if not (self.checkpoint is None or self.checkpoint == "sqrt" or positive_int(self.checkpoint)):
             raise ValueError(
                 "Reverse(checkpoint=...) must be None (store every state), 'sqrt' or a positive int (the segment "
                 f"length); got {self.checkpoint!r}"
             )
-        if not (self.truncate is None or _positive_int(self.truncate)):
+        if not (self.truncate is None or positive_int(self.truncate)):
             raise ValueError(
                 "Reverse(truncate=...) must be None or a positive int K (back-propagate through the last K "
                 f"steps); got {self.truncate!r}"
@@ -277,7 +278,3 @@ class Reverse:
             diverged_at=diverged_at,
             grad_diverged_at=grad_diverged_at,
         )
-
-
-def _positive_int(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, int | np.integer) and x >= 1

@@ -44,6 +44,7 @@ import numpy as np
 from jax import lax
 
 import hgkit as hg
+from hgkit.hypergrad._common import positive_int
 
 __all__ = [
     "CostExplorer",
@@ -145,7 +146,7 @@ def explorer_state(
         raise ValueError(f"lr must be a positive number; got {lr!r}")
     if not (isinstance(mu, int | float) and 0 <= mu < 1):
         raise ValueError(f"mu must be a number in [0, 1); got {mu!r}")
-    if isinstance(T, bool) or not isinstance(T, int | np.integer) or T < 1:
+    if not positive_int(T):
         raise ValueError(f"T must be a positive int; got {T!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}; got {mode!r}")
@@ -278,7 +279,7 @@ def measure_cost(method: str, T: int, m: int, d: int = 64, repeats: int = 5, dty
     if method not in MODES:
         raise ValueError(f"method must be one of {list(MODES)}; got {method!r}")
     for name, value in (("T", T), ("m", m), ("d", d), ("repeats", repeats)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        if not positive_int(value):
             raise ValueError(f"{name} must be a positive int; got {value!r}")
     if m > d:
         raise ValueError(f"m (the number of learning-rate groups) must be at most d={d}; got {m}")

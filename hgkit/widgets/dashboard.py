@@ -1,6 +1,6 @@
 """A live dashboard for :class:`hgkit.HyperOptimizer` runs: plots, current values and a Stop button.
 
-:class:`Dashboard` is a loop callback (``on_start``, ``on_record``, ``on_end``, as LOOP_CONTRACT.md specifies).
+:class:`Dashboard` is a loop callback (``on_start``, ``on_record``, ``on_end``; the contract is in :mod:`hgkit.outer`).
 In a Jupyter notebook it shows an ipywidgets box:
 
 * three panels drawn with :mod:`hgkit.plot` into a PNG (an ``ipywidgets.Image``, CSS class
@@ -53,7 +53,7 @@ from collections.abc import Mapping, Sequence
 
 __all__ = ["Dashboard", "in_notebook"]
 
-STANDARD = ("iteration", "inner_steps", "wall_time", "val_loss", "train_loss", "grad_norm")
+STANDARD = ("iteration", "member", "inner_steps", "wall_time", "val_loss", "train_loss", "grad_norm")
 VECTOR_SUFFIXES = (".mean", ".min", ".max", ".norm")
 MODES = ("auto", "widget", "text")
 SCALES = ("linear", "log")

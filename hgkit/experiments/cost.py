@@ -49,6 +49,8 @@ import pandas as pd
 
 import hgkit as hg
 
+from ..hypergrad._common import positive_int
+from ._config import check_positive_ints
 from ._models import cross_entropy, mlp
 from ._report import markdown_table, save_figure, write_tables
 
@@ -90,12 +92,9 @@ class Config:
     def __post_init__(self):
         for name in ("Ts", "ms", "widths"):
             values = getattr(self, name)
-            if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            if not values or not all(map(positive_int, values)):
                 raise ValueError(f"Config.{name} must be a non-empty tuple of positive ints; got {values!r}")
-        for name in ("T", "m", "width", "inputs", "classes", "examples", "repeats"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Config.{name} must be a positive int; got {value!r}")
+        check_positive_ints(self, ("T", "m", "width", "inputs", "classes", "examples", "repeats"))
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"Config.dtype must be 'float32' or 'float64'; got {self.dtype!r}")
 

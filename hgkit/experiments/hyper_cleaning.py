@@ -223,6 +223,16 @@ def run(config: Config = DEFAULT, progress: bool = True, callbacks=()) -> Result
         params = train(problem, jnp.asarray(weights, dtype), config.T, (x_train, y_train))
         return float(accuracy(params, x_test, y_test))
 
+    # One optimizer per budget, shared by the seeds: the compiled step is cached on these objects' identity.
+    optimizers = {
+        budget: HyperOptimizer(
+            problem,
+            method=Reverse(),
+            hyper_optimizer=optax.adam(config.hyper_lr),
+            constraints={"weights": capped_simplex(budget)},
+        )
+        for budget in config.budgets
+    }
     rows, histories, learned, corrupted = [], {}, {}, {}
     for seed in config.seeds:
         noisy, mask = corrupt_labels(y_clean, config.n_corrupt, NUM_CLASSES, seed=seed)
@@ -230,13 +240,7 @@ def run(config: Config = DEFAULT, progress: bool = True, callbacks=()) -> Result
         y_train = jnp.asarray(noisy)
         baseline = test_accuracy(np.ones(config.n_train), y_train)
         oracle = test_accuracy(mean_over(~mask), y_train)
-        for budget in config.budgets:
-            optimizer = HyperOptimizer(
-                problem,
-                method=Reverse(),
-                hyper_optimizer=optax.adam(config.hyper_lr),
-                constraints={"weights": capped_simplex(budget)},
-            )
+        for budget, optimizer in optimizers.items():
             # The feasible start closest to "trust everyone": the projection of λ = 1, i.e. R/N everywhere.
             start = {"weights": jnp.full(config.n_train, min(1.0, budget / config.n_train), dtype)}
             started = time.perf_counter()

@@ -45,6 +45,7 @@ import pandas as pd
 import hgkit as hg
 
 from ..datasets import hyper_cleaning_mnist
+from ._config import check_positive_ints, check_seeds
 from ._models import cross_entropy, error_rate, mlp, mlp_init, train_steps, weight_norm2
 from ._report import markdown_table, mean_over_seeds, over_seeds, save_figure, write_tables
 
@@ -89,12 +90,12 @@ class Config:
 
     def __post_init__(self):
         limits = {"n_train": 5000, "n_val": 5000, "n_test": 10000}
-        for name in ("n_train", "n_val", "n_test", "width", "batch_size", "T", "delta"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Config.{name} must be a positive int; got {value!r}")
-            if value > limits.get(name, value):
-                raise ValueError(f"Config.{name} must be at most {limits[name]} (the packaged split); got {value}")
+        check_positive_ints(self, ("n_train", "n_val", "n_test", "width", "batch_size", "T", "delta"))
+        for name, limit in limits.items():
+            if getattr(self, name) > limit:
+                raise ValueError(
+                    f"Config.{name} must be at most {limit} (the packaged split); got {getattr(self, name)}"
+                )
         if self.T % self.delta:
             raise ValueError(
                 f"Config.delta ({self.delta}) must divide Config.T ({self.T}): real time runs T/Δ whole chunks"
@@ -110,8 +111,7 @@ class Config:
             lo, hi = getattr(self, name)
             if not (0 <= lo < hi) or (name != "momentum_range" and lo <= 0) or (name == "momentum_range" and hi >= 1):
                 raise ValueError(f"Config.{name} must be an increasing pair within its domain; got {(lo, hi)}")
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
-            raise ValueError(f"Config.seeds must be a non-empty tuple of ints; got {self.seeds!r}")
+        check_seeds(self)
 
 
 SMOKE = Config(n_train=1000, n_val=500, n_test=1000, width=16, batch_size=50, T=200, delta=20, hyper_lr=0.1)

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import jax
@@ -44,6 +45,7 @@ import pandas as pd
 import hgkit as hg
 
 from ..datasets import hyper_cleaning_mnist
+from ._config import check_positive_ints, check_seeds
 from ._models import train_steps
 from ._report import markdown_table, mean_over_seeds, over_seeds, save_figure, write_tables
 
@@ -85,10 +87,7 @@ class Config:
     seeds: tuple[int, ...] = (0,)
 
     def __post_init__(self):
-        for name in ("train_per_class", "val_per_class", "n_test", "T", "hyper_iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Config.{name} must be a positive int; got {value!r}")
+        check_positive_ints(self, ("train_per_class", "val_per_class", "n_test", "T", "hyper_iterations"))
         if self.n_test > 10000:
             raise ValueError(f"Config.n_test must be at most 10000 (the packaged test set); got {self.n_test}")
         for name in ("lr", "rho", "c_max", "wd0", "hyper_lr"):
@@ -98,8 +97,7 @@ class Config:
             raise ValueError(f"Config.c0 must be in [0, c_max={self.c_max}]; got {self.c0!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"Config.momentum must be in [0, 1); got {self.momentum!r}")
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
-            raise ValueError(f"Config.seeds must be a non-empty tuple of ints; got {self.seeds!r}")
+        check_seeds(self)
 
 
 SMOKE = Config(train_per_class=20, val_per_class=20, n_test=1000, T=50, hyper_iterations=12, hyper_lr=0.1)
@@ -186,11 +184,24 @@ def load_data(config: Config, seed: int):
 # ----- the runs -------------------------------------------------------------------------------------------------
 
 
-def tune(problem, hparams, config: Config, data, progress: bool, constraints):
-    """Hypergradient descent (reverse mode, Adam) on the sum of validation losses."""
-    opt = hg.HyperOptimizer(
-        problem, method=hg.Reverse(), hyper_optimizer=optax.adam(config.hyper_lr), constraints=constraints
-    )
+@functools.lru_cache(maxsize=4)
+def setup(config: Config, n_features: int):
+    """The problem and the two loops (reverse mode, Adam on the sum of validation losses): C learned, and C held
+    at 0 by the constraint 0 ≤ C ≤ 0 (independent tasks, only wd tuned). Made once per config and shared by the
+    seeds, since the compiled steps are cached on these objects' identity."""
+    problem = make_problem(config, n_features)
+
+    def loop(c_max):
+        constraints = {"C": hg.constraints.box(0.0, c_max), "wd": hg.constraints.log()}
+        return hg.HyperOptimizer(
+            problem, method=hg.Reverse(), hyper_optimizer=optax.adam(config.hyper_lr), constraints=constraints
+        )
+
+    return problem, loop(config.c_max), loop(0.0)
+
+
+def tune(opt, hparams, config: Config, data, progress: bool):
+    """Hypergradient descent with the loop ``opt`` from ``hparams``."""
     return opt.run(
         hparams,
         hyper_iterations=config.hyper_iterations,
@@ -211,18 +222,12 @@ def trained(problem, hparams, config: Config, data):
 def run_one_seed(config: Config, seed: int, progress: bool):
     """The three methods on one seed: summary rows, the learned C, and the two loop results."""
     data = load_data(config, seed)
-    problem = make_problem(config, data["train"][0].shape[1])
+    problem, learning, independent_tasks = setup(config, data["train"][0].shape[1])
     pairs = TASKS * (TASKS - 1) // 2
     start = {"C": jnp.full((pairs,), config.c0, jnp.float32), "wd": jnp.asarray(config.wd0, jnp.float32)}
     zero = {"C": jnp.zeros((pairs,), jnp.float32), "wd": jnp.asarray(config.wd0, jnp.float32)}
-    learned = tune(
-        problem, start, config, data, progress, {"C": hg.constraints.box(0.0, config.c_max), "wd": hg.constraints.log()}
-    )
-
-    # Independent tasks: C held at 0 by the constraint 0 ≤ C ≤ 0; only wd is tuned.
-    independent = tune(
-        problem, zero, config, data, progress, {"C": hg.constraints.box(0.0, 0.0), "wd": hg.constraints.log()}
-    )
+    learned = tune(learning, start, config, data, progress)
+    independent = tune(independent_tasks, zero, config, data, progress)
 
     rows = []
     for method, hp in (("independent", independent.hparams), ("uniform C", start), ("learned C", learned.hparams)):

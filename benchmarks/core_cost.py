@@ -115,8 +115,10 @@ def contenders(T, train, val):
     }
 
 
-def median_time(fn, args, repeats):
-    jax.block_until_ready(fn(*args))
+def median_time(fn, args, repeats, warmup=True):
+    """The median of ``repeats`` timed calls, after one untimed call (compilation, warm-up) unless ``warmup=False``."""
+    if warmup:
+        jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import core_cost  # a sibling script: benchmarks/ is on sys.path when this one runs
 import jax
@@ -48,10 +47,7 @@ def init(hp, key):
     }
 
 
-def xent(p, batch):
-    x, y = batch
-    logits = jnp.tanh(x @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+xent = core_cost.xent  # the same MLP's cross-entropy
 
 
 def train_loss(p, hp, batch):
@@ -78,20 +74,6 @@ def compiled(name, T, train, val):
     return jax.jit(lambda h: hg.hypergradient_result(PROBLEM, h, T, train, val, method).grads)
 
 
-def median_time(executable, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(executable(HP))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def peak_rss(name, T):
-    """Peak resident memory (VmHWM) of a fresh process that runs one point (``--one``)."""
-    return core_cost.peak_rss(name, T, script=__file__)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="T in (100, 500), one timed repeat")
@@ -115,18 +97,20 @@ def main():
     print(head + (f" {'peak RSS MiB':>12s}" if args.rss else ""))
     for T in horizons:
         base = None
+        repeats = 1 if args.quick or T > 1000 else 3  # the long runs once: the default stays near 2 minutes
         for name in METHODS:
             if name.startswith("reverse truncate") and T <= 100:
                 continue  # K = 100 = T is full reverse mode
-            repeats = 1 if args.quick or T > 1000 else 3  # the long runs once: the default stays near 2 minutes
             executable = compiled(name, T, train, val).lower(HP).compile()  # compiled once, timed after
-            mem, sec = executable.memory_analysis().temp_size_in_bytes, median_time(executable, repeats)
+            sec = core_cost.median_time(executable, (HP,), repeats, warmup=False)
+            mem = executable.memory_analysis().temp_size_in_bytes
             base = base or (mem, sec)
             line = (
                 f"{T:5d} {name:26s} {mem / 2**20:12.2f} {mem / s_bytes:9.1f} {mem / base[0]:8.3f} "
                 f"{sec:8.3f} {sec / base[1]:9.2f}"
             )
-            print(line + (f" {peak_rss(name, T) / 2**20:12.0f}" if args.rss else ""), flush=True)
+            rss = core_cost.peak_rss(name, T, script=__file__) if args.rss else None  # a fresh process per point
+            print(line + (f" {rss / 2**20:12.0f}" if args.rss else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,11 @@ def rel_err(a, b):
     """‖a − b‖ / ‖b‖ over whole pytrees."""
     a, b = flat(a), flat(b)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def readme_block(after: str) -> str:
+    """The first ```python block of the README after the text ``after`` (a heading or a marker)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return text.split(after, 1)[1].split("```python", 1)[1].split("```", 1)[0]

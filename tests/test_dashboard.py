@@ -1,6 +1,7 @@
 """The live dashboard: what it shows as records arrive, its throttle, its Stop button, its text fallback.
 
-Driven with records shaped as LOOP_CONTRACT.md specifies, and (at the end) by real ``hg.HyperOptimizer`` runs.
+Driven with records shaped as the loop sends them (hgkit/_history.py), and (at the end) by real
+``hg.HyperOptimizer`` runs.
 """
 
 from __future__ import annotations
@@ -375,11 +376,9 @@ def test_a_real_time_run(optimizer):
 
 def test_readme_see_it_live_snippet_runs(capsys):
     """The README's "See it live" block, run after its quickstart, shortened to 2 hyper-iterations of 5 steps."""
-    from pathlib import Path
+    from helpers import readme_block
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    quickstart = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    live = text.split("<!-- live-snippet -->", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    quickstart, live = readme_block("## Quickstart"), readme_block("<!-- live-snippet -->")
     short = live.replace("hyper_iterations=30, T=100", "hyper_iterations=2, T=5")
     assert short != live
     quickstart = quickstart.replace("T=100", "T=5")

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pandas as pd
 import pytest
-from helpers import mlp, mlp_init, toy_data, tree_l2
+from helpers import mlp, mlp_init, readme_block, toy_data, tree_l2
 
 import hgkit as hg
 from hgkit.constraints import project_capped_simplex
@@ -593,8 +593,6 @@ def test_bad_settings_are_refused_before_anything_runs():
 
 def test_readme_loop_section_runs_as_written(monkeypatch, tmp_path):
     """The quickstart and the loop section executed verbatim, on a 200-image slice of the data to stay quick."""
-    import pathlib
-
     import hgkit.datasets
     from hgkit.datasets.mnist import Split
 
@@ -602,9 +600,7 @@ def test_readme_loop_section_runs_as_written(monkeypatch, tmp_path):
     small = Split(*(a[:200] for a in full))
     monkeypatch.setattr(hgkit.datasets, "hyper_cleaning_mnist", lambda: small)
     monkeypatch.chdir(tmp_path)
-    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    quickstart = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    loop = text.split("## The optimization loop", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    quickstart, loop = readme_block("## Quickstart"), readme_block("## The optimization loop")
     namespace: dict = {}
     exec(compile(quickstart + loop, "README.md", "exec"), namespace)
     result = namespace["result"]
@@ -612,7 +608,7 @@ def test_readme_loop_section_runs_as_written(monkeypatch, tmp_path):
     assert result.history.val_loss.iloc[-1] < result.history.val_loss.iloc[0]
     assert (tmp_path / "runs" / "quickstart" / "hyperopt.npz").exists()
     # The population example of "Many devices and populations", continuing the same session.
-    population = text.split("The loop tunes a population too", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    population = readme_block("The loop tunes a population too")
     exec(compile(population, "README.md", "exec"), namespace)
     result, best = namespace["result"], namespace["best"]
     assert len(result.history) == 4 * 20 and result.history.attrs["dropped"] == {}

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import yaml
+from helpers import readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,8 +53,7 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 def test_readme_quickstart_runs_as_written():
     """The README's quickstart block, executed verbatim; then its hypergradient checked against forward mode."""
-    text = (ROOT / "README.md").read_text()
-    code = text.split("## Quickstart", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    code = readme_block("## Quickstart")
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     hg, jnp = namespace["hg"], namespace["jnp"]

@@ -1,7 +1,7 @@
 """The plot helpers draw what the history says: asserted on the artists' data, labels, scales and colours.
 
-The history is made as LOOP_CONTRACT.md specifies, by a short hand-written hyperparameter descent that calls the
-real ``hg.hypergradient_result`` (the outer loop itself is built elsewhere).
+The history is made as the loop makes it (hgkit/_history.py), by a short hand-written hyperparameter descent that
+calls the real ``hg.hypergradient_result`` (the outer loop itself is tested elsewhere).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ hyperparameters: learning rate, momentum, log weight decay and 2,000 per-example
 or the three scalars alone (forward mode's case).
 
 Printed, as ratios to plain training of the same T (same process, median of repeated calls after warm-up):
-* time of hgkit reverse, forward (m = 3) and real-time (Δ = T), and of plain ``jax.grad`` through ``lax.scan``
-  with and without ``jax.checkpoint`` on the step;
+* time of hgkit reverse (storing states, which ``hg.Reverse()`` chooses here; storing every step's residuals;
+  binomial checkpointing with 32 slots), forward (m = 3) and real-time (Δ = T), and of plain ``jax.grad``
+  through ``lax.scan`` with and without ``jax.checkpoint`` on the step;
 * memory: XLA's compiled temporary memory (deterministic) and peak resident memory of a fresh process per
   contender; reverse mode's growth per step in units of the training state |s| (target ≤ 2), forward mode's
   change from T = 200 to T = 1000 (target ≤ 10%).
@@ -102,12 +103,14 @@ def contenders(T, train, val):
     many, few = hparams(True), hparams(False)
 
     def hgkit_fn(method, hp):
-        return jax.jit(lambda h: hg.hypergradient_result(PROBLEM, h, T, train, val, method).grads), (hp,)
+        return jax.jit(lambda h: hg.hypergradient_result(PROBLEM, h, T, train, val, method=method).grads), (hp,)
 
     return {
         "training": (jax.jit(lambda h: plain_objective(h, T, train, val)), (many,)),
-        "hgkit reverse": hgkit_fn(hg.Reverse(), many),
+        "hgkit reverse": hgkit_fn(hg.Reverse(), many),  # stores states here: a step's residuals are 70 states
         "hgkit reverse (forward-over-reverse)": hgkit_fn(hg.Reverse(hvp="forward-over-reverse"), many),
+        'hgkit reverse (store="residuals")': hgkit_fn(hg.Reverse(store="residuals"), many),
+        "hgkit reverse (Binomial(32))": hgkit_fn(hg.Reverse(checkpoint=hg.Binomial(32)), many),
         "hgkit forward, m=3": hgkit_fn(hg.Forward(), few),
         "hgkit real-time Δ=T, m=3": hgkit_fn(hg.RealTime(delta=T), few),
         "jax.grad through scan": (jax.jit(jax.grad(lambda h: plain_objective(h, T, train, val))), (many,)),

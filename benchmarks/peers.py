@@ -25,6 +25,13 @@ exceed it; the reason is printed.
 
 Run: ``python benchmarks/peers.py --max-point-s 120`` (25-30 min on 2 shared cores, see BENCHMARKS.md; the torch
 contenders need the ``bench`` extra: ``pip install -e ".[bench]"``); ``--quick`` runs T = 100 only.
+
+``--interleaved`` measures time ratios that a loaded machine shifts less: the JAX contenders of one (problem, T)
+are compiled in one fresh process and timed back to back, each once per round in a rotating order; it prints, per
+contender, the median over rounds of its time ÷ ``jax.grad``'s in the same round (wall time, and the process's CPU
+time, which other processes on a shared machine inflate far less), and XLA's compiled temporary memory ÷
+``jax.grad``'s (e.g. ``--interleaved --problems logreg --T 1000 --contenders 'hgkit Reverse()'
+'hgkit Reverse(store="residuals")'``).
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ CONTENDERS = {
     "jax training (no gradient)": ("jax", PROBLEMS),
     "hgkit Reverse()": ("jax", PROBLEMS),
     'hgkit Reverse(checkpoint="sqrt")': ("jax", PROBLEMS),
+    'hgkit Reverse(store="states")': ("jax", PROBLEMS),
+    'hgkit Reverse(store="residuals")': ("jax", PROBLEMS),
+    "hgkit Reverse(checkpoint=Binomial(32))": ("jax", PROBLEMS),
     "hgkit Forward()": ("jax", ("mlp",)),
     "hgkit RealTime(delta=T)": ("jax", ("mlp",)),
     "jax.grad through lax.scan": ("jax", PROBLEMS),
@@ -151,13 +161,19 @@ def jax_contender(name: str, problem: str, T: int, data, dtype="float32"):
             method = hg.Reverse()
         elif name == 'hgkit Reverse(checkpoint="sqrt")':
             method = hg.Reverse(checkpoint="sqrt")
+        elif name == 'hgkit Reverse(store="states")':
+            method = hg.Reverse(store="states")
+        elif name == 'hgkit Reverse(store="residuals")':
+            method = hg.Reverse(store="residuals")
+        elif name == "hgkit Reverse(checkpoint=Binomial(32))":
+            method = hg.Reverse(checkpoint=hg.Binomial(32))
         elif name == "hgkit Forward()":
             method = hg.Forward(max_directions=None)
         elif name == "hgkit RealTime(delta=T)":
             method = hg.RealTime(delta=T, max_directions=None)
         else:
             raise ValueError(f"unknown hgkit contender {name!r}")
-        fn = jax.jit(lambda hp, tr, va: hg.hypergradient_result(problem_, hp, T, tr, va, method).grads)
+        fn = jax.jit(lambda hp, tr, va: hg.hypergradient_result(problem_, hp, T, tr, va, method=method).grads)
         return fn, (hp, train, val)
 
     # What a JAX user writes without hgkit: the training loop in a scan, differentiated as a whole.
@@ -371,6 +387,71 @@ def run_point(name: str, problem: str, T: int, data_path: str, threads: int, tim
     return result
 
 
+# ----- back to back in one process: time ratios that the machine's load shifts less ------------------------------
+
+
+def run_interleaved(problem: str, T: int, data_path: str, names: list[str], rounds: int) -> dict:
+    """Every JAX contender of ``names`` compiled in this process, then ``rounds`` rounds timing each once (the order
+    rotating from round to round); per contender, the median over rounds of its time ÷ the baseline's in the same
+    round, and XLA's compiled temporary memory ÷ the baseline's (exact)."""
+    import jax
+
+    data = np.load(data_path)
+    names = [n for n in names if CONTENDERS[n][0] == "jax" and problem in CONTENDERS[n][1]]
+    if BASELINE not in names:
+        names = [BASELINE, *names]
+    fns, temp = {}, {}
+    for name in names:
+        fn, args = jax_contender(name, problem, T, data)
+        compiled = jax.jit(fn).lower(*args).compile()
+        temp[name] = compiled.memory_analysis().temp_size_in_bytes
+        fns[name] = (compiled, args)
+        jax.block_until_ready(compiled(*args))  # warm-up
+    # Wall time, and this process's CPU time (all its threads): with one XLA thread per contender the CPU time is
+    # the work done, which other processes on a shared machine inflate far less than the wall time.
+    times, cpu = {name: [] for name in names}, {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            compiled, args = fns[name]
+            start, start_cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(compiled(*args))
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    base, base_cpu = np.asarray(times[BASELINE]), np.asarray(cpu[BASELINE])
+    return {
+        name: {
+            "time_ratio": float(np.median(np.asarray(times[name]) / base)),
+            "cpu_ratio": float(np.median(np.asarray(cpu[name]) / base_cpu)),
+            "median_s": float(np.median(times[name])),
+            "median_cpu_s": float(np.median(cpu[name])),
+            "temp_mib": temp[name] / 2**20,
+            "temp_ratio": temp[name] / temp[BASELINE],
+        }
+        for name in names
+    }
+
+
+def interleaved(args, data_path: str) -> None:
+    for problem in args.problems:
+        for T in args.T:
+            cmd = [sys.executable, __file__, "--one-interleaved", problem, str(T), data_path, str(args.rounds)]
+            env = {**os.environ, **thread_settings(args.threads)}
+            proc = subprocess.run([*cmd, *args.contenders], capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                print(f"  {problem} T={T}: failed: {proc.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            out = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"{problem} T={T}, {args.rounds} rounds back to back (ratios to {BASELINE}, median over rounds):")
+            for name, row in out.items():
+                print(
+                    f"  {name:40s} wall {row['time_ratio']:5.2f} ({row['median_s'] * 1e3:8.1f} ms)  CPU "
+                    f"{row['cpu_ratio']:5.2f} ({row['median_cpu_s'] * 1e3:8.1f} ms)   XLA temp "
+                    f"{row['temp_mib']:9.2f} MiB = {row['temp_ratio']:5.2f}",
+                    flush=True,
+                )
+
+
 # ----- the parent: every point, compared with the reference -------------------------------------------------
 
 
@@ -514,12 +595,23 @@ def main(argv=None):
     parser.add_argument("--max-point-s", type=float, default=180.0, help="skip points predicted to take longer")
     parser.add_argument("--timeout", type=float, default=400.0, help="kill a point after this many seconds")
     parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="JAX contenders only, all in one process per (problem, T), timed back to back in rotating rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of --interleaved (default 7)")
+    parser.add_argument(
         "--one", nargs=6, metavar=("NAME", "PROBLEM", "T", "DATA", "THREADS", "TIMED"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--one-interleaved", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         name, problem, T, data_path, threads, timed = args.one
         print(json.dumps(run_one(name, problem, int(T), data_path, int(threads), timed == "1")))
+        return None
+    if args.one_interleaved:
+        problem, T, data_path, rounds, *names = args.one_interleaved
+        print(json.dumps(run_interleaved(problem, int(T), data_path, names, int(rounds))))
         return None
     if args.threads < 1:
         parser.error(f"--threads must be ≥ 1; got {args.threads}")
@@ -533,8 +625,15 @@ def main(argv=None):
         f"threads: torch.set_num_threads({args.threads}), set_num_interop_threads({args.threads}); "
         + ", ".join(f"{k}={v!r}" for k, v in env.items())
     )
-    print(f"float32 contenders; reference: {REFERENCE}; one fresh process per point; T = {args.T}", flush=True)
     start = time.perf_counter()
+    if args.interleaved:
+        with tempfile.TemporaryDirectory() as tmp:
+            data_path = str(Path(tmp) / "data.npz")
+            write_data(Path(data_path))
+            interleaved(args, data_path)
+        print(f"\ntotal {time.perf_counter() - start:.0f} s")
+        return None
+    print(f"float32 contenders; reference: {REFERENCE}; one fresh process per point; T = {args.T}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         data_path = str(Path(tmp) / "data.npz")
         write_data(Path(data_path))

@@ -3,13 +3,20 @@
 Franceschi, Donini, Frasconi, Pontil, "Forward and Reverse Gradient-Based Hyperparameter Optimization", ICML 2017.
 """
 
-from . import constraints, optim
+from . import constraints, history, optim, schedules
+from ._checkpoint import CheckpointError
+from ._tree import ArrayView, PyTree
+from .history import RunInfo
 from .hparams import MissingHyperparameterError
 from .hypergrad import (
+    Binomial,
     DivergenceError,
+    Failure,
     Forward,
+    HypergradientMethod,
     HypergradientResult,
     Implicit,
+    OnlineMethod,
     RealTime,
     RealTimeState,
     Reverse,
@@ -18,31 +25,44 @@ from .hypergrad import (
     raise_if_diverged,
 )
 from .outer import HyperDivergenceError, HyperOptimizationResult, HyperOptimizer
-from .problem import BilevelProblem, TrainState, initial_state, train_step
+from .problem import BilevelProblem, TrainState, Trajectory, initial_state, objectives, train_step, unroll
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "ArrayView",
     "BilevelProblem",
+    "Binomial",
+    "CheckpointError",
     "DivergenceError",
+    "Failure",
     "Forward",
     "HyperDivergenceError",
     "HyperOptimizationResult",
     "HyperOptimizer",
+    "HypergradientMethod",
     "HypergradientResult",
     "Implicit",
     "MissingHyperparameterError",
+    "OnlineMethod",
+    "PyTree",
     "RealTime",
     "RealTimeState",
     "Reverse",
+    "RunInfo",
     "TrainState",
+    "Trajectory",
     "constraints",
+    "history",
     "hypergradient",
     "hypergradient_result",
     "initial_state",
+    "objectives",
     "optim",
     "raise_if_diverged",
+    "schedules",
     "train_step",
+    "unroll",
 ]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +30,16 @@ FORMAT = 1
 TREES = ("u", "opt_state", "carry", "state", "last_hp")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint exists but cannot be read or does not belong to this run; ``path`` names its file."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path
+
+
 def save_checkpoint(directory, fingerprint: dict, loop: dict) -> None:
-    """Write the loop's state (a dict with the fields of ``outer._Loop``)."""
+    """Write the loop's state (a dict with the fields of ``outer._LoopState``)."""
     os.makedirs(directory, exist_ok=True)
     arrays, present = {}, {}
     for field in TREES:
@@ -63,22 +72,45 @@ def save_checkpoint(directory, fingerprint: dict, loop: dict) -> None:
     os.replace(tmp, path)
 
 
+def _read(path: str) -> tuple[dict, dict]:
+    """The checkpoint file's meta data and arrays, or :class:`CheckpointError` if it cannot be read whole."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {name: z[name] for name in z.files}
+        meta = json.loads(str(arrays.pop("meta")))
+        if not isinstance(meta, dict):
+            raise ValueError(f"its meta data is a {type(meta).__name__}, not a mapping")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"checkpoint file {path} is unreadable ({type(e).__name__}: {e}); it was probably cut short (a full "
+            "disk, or a copy that did not finish). hgkit leaves it as it is. To start the run over, move it aside "
+            f"(e.g. mv {path} {path}.damaged) and run again; to resume, put back an intact copy.",
+            path,
+        ) from e
+    return meta, arrays
+
+
 def load_checkpoint(directory, fingerprint: dict, templates: dict) -> dict | None:
-    """The saved loop state as a dict of ``outer._Loop`` fields, or None if ``directory`` has no checkpoint."""
+    """The saved loop state as a dict of ``outer._LoopState`` fields, or None if ``directory`` has no checkpoint.
+
+    Nothing is written here: a damaged or foreign checkpoint raises :class:`CheckpointError` and stays untouched.
+    """
     if directory is None or not os.path.exists(path := os.path.join(directory, FILE)):
         return None
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["meta"]))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"checkpoint {path} has format {meta.get('format')!r}; this hgkit reads {FORMAT}")
-        saved = meta["fingerprint"]
-        if saved != json.loads(json.dumps(fingerprint)):
-            diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
-            raise ValueError(
-                f"checkpoint_dir {directory!r} holds a run with other settings, so it cannot be resumed: "
-                f"{ {k: f'saved {a!r}, now {b!r}' for k, (a, b) in diff.items()} }. "
-                "Use another checkpoint_dir or the same settings."
-            )
+    meta, z = _read(path)
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}; this hgkit reads {FORMAT}", path)
+    saved = meta.get("fingerprint")
+    if saved != json.loads(json.dumps(fingerprint)):
+        saved = saved if isinstance(saved, dict) else {}
+        diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+        raise CheckpointError(
+            f"checkpoint_dir {directory!r} holds a run with other settings, so it cannot be resumed: "
+            f"{ {k: f'saved {a!r}, now {b!r}' for k, (a, b) in diff.items()} }. "
+            "Use another checkpoint_dir or the same settings.",
+            path,
+        )
+    try:
         out = dict(next=meta["next"], elapsed=meta["elapsed"], rows=tuple(meta["rows"]))
         out["dropped"] = {int(k): v for k, v in meta.get("dropped", {}).items()}
         for field in TREES:
@@ -87,12 +119,19 @@ def load_checkpoint(directory, fingerprint: dict, templates: dict) -> dict | Non
                 out[field] = None
                 continue
             if meta["present"][field] != treedef.num_leaves:
-                raise ValueError(
+                raise CheckpointError(
                     f"checkpoint_dir {directory!r}: its {field} has {meta['present'][field]} arrays where this run "
-                    f"has {treedef.num_leaves} (another hyper_optimizer or problem?), so it cannot be resumed"
+                    f"has {treedef.num_leaves} (another hyper_optimizer or problem?), so it cannot be resumed",
+                    path,
                 )
             leaves = [jnp.asarray(z[f"{field}/{j}"]) for j in range(treedef.num_leaves)]
             out[field] = jax.tree_util.tree_unflatten(treedef, leaves)
         names = [n for n, *_ in fingerprint["hparams"]]
         out["snapshots"] = {it: {n: z[f"snap/{it}/{j}"] for j, n in enumerate(names)} for it in meta["snapshots"]}
+    except KeyError as e:
+        raise CheckpointError(
+            f"checkpoint file {path} is incomplete: it lacks {e}. hgkit leaves it as it is; move it aside to start "
+            "over.",
+            path,
+        ) from e
     return out

@@ -1,5 +1,9 @@
 """The command line: ``hgkit reproduce NAME`` runs one of the paper's experiments and writes its report.
 
+This module owns the arguments and how they choose and change an experiment's config (``--smoke``, ``--full``,
+``--seeds``, ``--set FIELD=VALUE``); running and reporting are the experiment module's ``run`` and
+``write_report`` (see :mod:`hgkit.experiments`).
+
 Examples::
 
     hgkit reproduce --list
@@ -7,6 +11,17 @@ Examples::
     hgkit reproduce hyper-cleaning --smoke           # seconds: what the tests run
     hgkit reproduce hyper-cleaning --full --seeds 5 --out results/hyper-cleaning
     hgkit reproduce hyper-cleaning --seeds 5 --set budgets=1000,2500 --set T=500
+
+From Python:
+
+    >>> main(["reproduce", "--list"])  # doctest: +ELLIPSIS
+    experiments (hgkit reproduce NAME):
+      hyper-cleaning       Data hyper-cleaning on MNIST (Franceschi et al. 2017, §5.1)
+      real-time            ...
+    0
+    >>> from hgkit.experiments import hyper_cleaning
+    >>> _override(hyper_cleaning.SMOKE, "budgets=100,200").budgets  # parsed as the field's type
+    (100.0, 200.0)
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .hypergrad._common import path_name
+from ._tree import path_name
 
 __all__ = ["Constraint", "box", "positive", "capped_simplex", "log", "sigmoid", "per_leaf"]
 
@@ -58,6 +58,8 @@ class Constraint:
         feasible: ``λ -> bool`` on the host: whether a starting value may be used.
         bounds: arrays that must broadcast to the hyperparameter's shape.
         vector_only: the constraint couples entries, so it refuses scalars.
+        scale: ``"log"`` when ``λ = exp u`` (:func:`log`: the optimizer moves in log λ, and the plots and the
+            dashboard draw λ on a log axis), else ``"linear"``.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Constraint:
     feasible: Callable[[np.ndarray], bool] = lambda x: True
     bounds: tuple = ()
     vector_only: bool = False
+    scale: str = "linear"
 
     def __repr__(self) -> str:
         return self.name
@@ -167,7 +170,7 @@ def capped_simplex(R: float) -> Constraint:
 
 def log() -> Constraint:
     """``λ > 0`` by reparameterization ``λ = exp(u)``: the optimizer takes steps in log λ (scale-free)."""
-    return Constraint(name="log()", value=jnp.exp, free=jnp.log, feasible=lambda x: bool(np.all(x > 0)))
+    return Constraint(name="log()", value=jnp.exp, free=jnp.log, feasible=lambda x: bool(np.all(x > 0)), scale="log")
 
 
 def sigmoid(lo: float = 0.0, hi: float = 1.0) -> Constraint:

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._tree import ArrayView, as_view
+
 Spec = float | str | Callable[[Any, Any], Any]
 
 
@@ -83,6 +85,8 @@ def per_leaf(value: Any, params: Any) -> list:
     per parameter as a pytree with the structure of ``params`` (per-parameter learning rates, decays).
     """
     p_def = jax.tree_util.tree_structure(params)
+    if isinstance(params, ArrayView) and not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value)):
+        value = as_view(value)  # shaped like the model object itself: seen through its arrays, as params are
     v_leaves, v_def = jax.tree_util.tree_flatten(value)
     if v_def == p_def and p_def.num_leaves > 1:
         return v_leaves

@@ -1,9 +1,11 @@
 """The notebooks in a real JupyterLab, driven by a real headless Chromium.
 
 The quickstart's dashboard must update while the run goes on (its values and its picture sampled several times
-during the run), end with the final values, and its Stop button, clicked in the browser while a run is going,
-must end that run early. In the classroom notebook, moving the learning-rate slider in the browser must change
-the hypergradient shown, to hgkit's value at the new learning rate.
+during the run), say it is compiling before the first hyper-iteration and the time left once they run, name the
+method ("reverse mode"), end with the final values, draw every hyperparameter legibly (each trajectory that changes
+by more than 10 % spans more than a few pixels of the picture), and its Stop button, clicked in the browser while a
+run is going, must end that run early and say so. In the classroom notebook, moving the learning-rate slider in
+the browser must change the hypergradient shown, to hgkit's value at the new learning rate.
 
 Skips only when Chromium (or JupyterLab / Playwright) is not installed, and says so.
 """
@@ -95,10 +97,12 @@ def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
     url, page, root = lab
     open_and_run_all(page, url, "quickstart.ipynb", timeout_ms=TIMEOUT_MS)
     # Sample the values and the picture while the run goes on, until the dashboard says it finished.
-    samples, pictures = [], []
+    samples, pictures, statuses = [], [], []
     deadline = time.monotonic() + TIMEOUT_MS / 1000
-    while "finished" not in text(page, ".hgkit-dashboard-status"):
+    while "finished" not in (status := text(page, ".hgkit-dashboard-status")):
         assert time.monotonic() < deadline, f"the run did not finish; values {values(page)!r}"
+        if status and (not statuses or statuses[-1] != status):
+            statuses.append(status)
         shown = values(page)
         if shown and (not samples or samples[-1] != shown):
             samples.append(shown)
@@ -107,6 +111,11 @@ def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
         time.sleep(0.05)
     final = values(page)
     print(f"{len(samples)} different values seen:", *samples, sep="\n  ")
+    print("statuses seen:", *statuses, sep="\n  ")
+    # Compiling first, then the expected time left; the method by its label, not a dataclass repr.
+    assert any(re.search(r"reverse mode; compiling", s) for s in statuses), statuses
+    assert any(re.search(r"reverse mode; about .* left", s) for s in statuses), statuses
+    assert not any("Reverse(" in s for s in statuses), statuses
     counts = [re.search(r"(\d+)\s*/\s*(\d+)", s) for s in samples]  # "waiting for the first …" has none
     progress = [(int(m.group(1)), int(m.group(2))) for m in counts if m]
     during = [(k, n) for k, n in progress if k < n]
@@ -114,6 +123,7 @@ def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
     assert len({p for p in pictures if p}) >= 2, "the dashboard's picture did not change during the run"
     total = progress[0][1]
     assert re.search(rf"{total}\s*/\s*{total}", final), final
+    check_every_hyperparameter_is_legible(page)
     assert re.search(r"val_loss\s+\d", final) and re.search(r"lr\s+\d", final), final
     # The printed summary and the overview figure below the run.
     printed = wait_for_output(page, r"validation loss: first \S+ last \S+")
@@ -128,11 +138,36 @@ def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
     wait_for_text(page, ".hgkit-dashboard-status", r"running")
     wait_for_text(page, ".hgkit-dashboard-values", r"hyper-iteration\s*\d+\s*/")
     page.locator(".hgkit-stop").first.click()
-    status = wait_for_text(page, ".hgkit-dashboard-status", r"finished")
+    status = wait_for_text(page, ".hgkit-dashboard-status", r"finished|stopped after")
     stopped_at = int(re.search(r"(\d+)\s*/", values(page)).group(1))
     screenshot(page, root, "quickstart-stopped")
-    assert "stopped: callback" in status, status
+    assert re.search(rf"stopped after {stopped_at} of {total} hyper-iterations \(the Stop button\)", status), status
     assert stopped_at < total, (stopped_at, total)
+
+
+def check_every_hyperparameter_is_legible(page) -> None:
+    """What the dashboard's last picture drew of each hyperparameter (its hidden ``.hgkit-extent`` elements):
+    every hyperparameter is there, and each whose value changed by more than 10 % spans more than a few pixels
+    vertically, inside the picture as the browser shows it."""
+    extents = page.locator(".hgkit-dashboard-extents .hgkit-extent")
+    drawn = {}
+    for k in range(extents.count()):
+        e = extents.nth(k)
+        name = e.get_attribute("data-name")
+        drawn[name] = {a: float(e.get_attribute(f"data-{a}")) for a in ("low", "high", "pixels")}
+        drawn[name]["scale"] = e.get_attribute("data-scale")
+    print("drawn:", drawn)
+    # The quickstart constrains lr and wd with log(): on log axes by default.
+    assert drawn["lr"]["scale"] == drawn["wd"]["scale"] == "log" and drawn["mu"]["scale"] == "linear", drawn
+    assert {"lr", "mu", "wd"} <= set(drawn), drawn
+    image = page.locator(".hgkit-dashboard-plot").first
+    box = image.bounding_box()
+    assert box and box["height"] > 150, box  # shown at a readable size
+    scale = box["width"] / image.evaluate("img => img.naturalWidth")  # the PNG's pixels to the screen's
+    for name, e in drawn.items():
+        if e["high"] - e["low"] > 0.1 * max(abs(e["low"]), abs(e["high"])):
+            on_screen = e["pixels"] * scale
+            assert on_screen > 8, f"{name} changed from {e['low']} to {e['high']} but is drawn {on_screen:.1f} px high"
 
 
 def number(page, selector: str) -> float:

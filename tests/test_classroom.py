@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -204,6 +205,17 @@ def test_the_cost_figure_shows_measurements_and_theory():
     assert labels == ["forward", "forward: O(m·|s|)", "reverse", "reverse: O(T·|s|)"]
     reverse = axes["peak_bytes/T"].get_lines()[2]
     np.testing.assert_array_equal(reverse.get_xdata(), TS)
+
+
+def test_measured_cost_is_the_compiled_programs_temporaries_and_outputs():
+    # The one definition the cost experiment shares: XLA's temp + output bytes; the arguments are left out.
+    problem, train, val = classroom.cost_problem(D, "float64")
+    hparams = {"lr": jnp.full((8,), 0.1)}
+    fn = jax.jit(lambda hp, tr, va: hg.hypergradient_result(problem, hp, 40, tr, va, method=hg.Forward())[:2])
+    stats = fn.lower(hparams, train, val).compile().memory_analysis()
+    row = classroom.measure_cost("forward", 40, 8, d=D, repeats=1)
+    assert row["peak_bytes"] == stats.temp_size_in_bytes + stats.output_size_in_bytes
+    assert list(row) == ["method", "T", "m", "seconds", "peak_bytes"] and row["seconds"] > 0
 
 
 def test_stored_numbers_and_cost_input_checks():

@@ -1,7 +1,7 @@
 """The live dashboard: what it shows as records arrive, its throttle, its Stop button, its text fallback.
 
-Driven with records shaped as the loop sends them (hgkit/_history.py), and (at the end) by real
-``hg.HyperOptimizer`` runs.
+``Dashboard(...)`` makes one of two views (``WidgetDashboard``, ``TextDashboard``) over a shared base; driven with
+records shaped as the loop sends them (hgkit/history.py), and (at the end) by real ``hg.HyperOptimizer`` runs.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import sys
 import numpy as np
 import pytest
 
+from hgkit.history import RunInfo
 from hgkit.widgets import dashboard as dashboard_module
-from hgkit.widgets.dashboard import Dashboard
+from hgkit.widgets.dashboard import Dashboard, TextDashboard, WidgetDashboard
 
 N = 6
 INFO = dict(
@@ -24,12 +25,12 @@ INFO = dict(
     objectives=["val_loss"],
     metrics=["accuracy"],
     hyper_iterations=N,
-    method="Reverse()",
+    method="reverse mode",
 )
 
 
 def record(i):
-    """Row i of a made-up run: losses halving, lr growing, ex_w's spread shrinking."""
+    """Row i of a made-up run: losses halving, lr growing, ex_w's mean fixed while its spread grows."""
     return {
         "iteration": i,
         "inner_steps": 20 * (i + 1),
@@ -40,12 +41,20 @@ def record(i):
         "grad_norm.lr": 2.0 / (i + 1),
         "grad_norm.ex_w": 1.0 / (i + 1),
         "lr": 0.1 + 0.05 * i,
-        "ex_w.mean": 0.5,
-        "ex_w.min": 0.5 - 0.4 / (i + 1),
-        "ex_w.max": 0.5 + 0.4 / (i + 1),
+        "ex_w.mean": 0.5,  # fixed, as per-example weights under a budget: the distribution is what moves
+        "ex_w.min": 0.5 - 0.4 * (i + 1) / N,
+        "ex_w.max": 0.5 + 0.4 * (i + 1) / N,
         "ex_w.norm": 3.0,
+        "ex_w.q10": 0.5 - 0.3 * (i + 1) / N,
+        "ex_w.median": 0.5 + 0.02 * i,
+        "ex_w.q90": 0.5 + 0.3 * (i + 1) / N,
         "accuracy": 0.5 + 0.05 * i,
     }
+
+
+def widget_dashboard(**kwargs):
+    """A widget dashboard drawing a small picture (quicker to render; what is checked does not depend on it)."""
+    return Dashboard(mode="widget", figsize=(6.0, 2.0), dpi=40, **kwargs)
 
 
 class FakeClock:
@@ -71,11 +80,13 @@ def values_of(dash):
 
 
 def panels(dash):
-    return dict(zip(("hp", "grad", "loss"), dash._figure.axes, strict=True))
+    """The picture's axes: ``hp:<name>`` (one per hyperparameter shown), ``grad``, ``loss``."""
+    assert set(dash.axes.values()) == set(dash.figure.axes)
+    return dash.axes
 
 
 def test_every_record_is_shown_and_drawn_when_they_come_slower_than_the_throttle(clock):
-    dash = Dashboard(mode="widget", min_interval=0.5)
+    dash = widget_dashboard(min_interval=0.5)
     dash.on_start(INFO)
     images = []
     for i in range(N):
@@ -85,7 +96,7 @@ def test_every_record_is_shown_and_drawn_when_they_come_slower_than_the_throttle
         assert shown["hyper-iteration"] == f"{i + 1} / {N}"
         assert float(shown["val_loss"]) == pytest.approx(record(i)["val_loss"], rel=1e-3)
         assert float(shown["lr"]) == pytest.approx(record(i)["lr"], rel=1e-3)
-        assert float(shown["ex_w (mean)"]) == 0.5
+        assert float(shown["ex_w (median)"]) == pytest.approx(record(i)["ex_w.median"])
         assert float(shown["accuracy"]) == pytest.approx(record(i)["accuracy"], rel=1e-3)
         assert dash.image.value[:8] == b"\x89PNG\r\n\x1a\n"
         images.append(dash.image.value)
@@ -94,8 +105,11 @@ def test_every_record_is_shown_and_drawn_when_they_come_slower_than_the_throttle
         [val_line, train_line] = ax["loss"].get_lines()
         np.testing.assert_allclose(val_line.get_ydata(), [record(k)["val_loss"] for k in range(i + 1)])
         np.testing.assert_allclose(train_line.get_ydata(), [record(k)["train_loss"] for k in range(i + 1)])
-        lr_line = next(line for line in ax["hp"].get_lines() if line.get_label() == "lr")
+        [lr_line] = ax["hp:lr"].get_lines()
         np.testing.assert_allclose(lr_line.get_ydata(), [record(k)["lr"] for k in range(i + 1)])
+        [median] = ax["hp:ex_w"].get_lines()  # the vector's median, within its two bands
+        np.testing.assert_allclose(median.get_ydata(), [record(k)["ex_w.median"] for k in range(i + 1)])
+        assert len(ax["hp:ex_w"].collections) == 2
         assert ax["grad"].get_yscale() == "log"
     assert len(set(images)) == N  # every new record changed the picture
     assert dash.draws == N
@@ -107,7 +121,7 @@ def test_every_record_is_shown_and_drawn_when_they_come_slower_than_the_throttle
 
 
 def test_throttle_waits_min_interval_and_always_draws_the_last_record(clock):
-    dash = Dashboard(mode="widget", min_interval=1.0, max_overhead=1.0)
+    dash = widget_dashboard(min_interval=1.0, max_overhead=1.0)
     dash.on_start(INFO)
     dash.on_record(record(0))  # the first record is shown at once
     first_image, first_values = dash.image.value, dash.values.value
@@ -129,7 +143,7 @@ def test_throttle_waits_min_interval_and_always_draws_the_last_record(clock):
 
 
 def test_a_run_shorter_than_announced_gets_its_final_redraw_at_the_end(clock):
-    dash = Dashboard(mode="widget", min_interval=10.0)
+    dash = widget_dashboard(min_interval=10.0)
     dash.on_start(INFO)
     for i in range(3):
         dash.on_record(record(i))
@@ -141,7 +155,7 @@ def test_a_run_shorter_than_announced_gets_its_final_redraw_at_the_end(clock):
 
 
 def test_slow_redraws_are_spaced_to_keep_their_share_of_time_under_max_overhead(clock, monkeypatch):
-    dash = Dashboard(mode="widget", min_interval=0.1, max_overhead=0.05)
+    dash = widget_dashboard(min_interval=0.1, max_overhead=0.05)
     draw = dash.redraw
 
     def slow_redraw():
@@ -164,7 +178,7 @@ def test_slow_redraws_are_spaced_to_keep_their_share_of_time_under_max_overhead(
 
 
 def test_stop_button_click_makes_on_record_return_true():
-    dash = Dashboard(mode="widget", min_interval=0)
+    dash = widget_dashboard(min_interval=0)
     dash.on_start(INFO)
     assert dash.on_record(record(0)) is False
     dash.stop_button.click()
@@ -172,7 +186,8 @@ def test_stop_button_click_makes_on_record_return_true():
     assert dash.on_record(record(1)) is True
     assert values_of(dash)["hyper-iteration"] == f"2 / {N}"  # the stopping row is shown
     dash.on_end(type("Result", (), {"stopped": "callback"})())
-    assert "stopped: callback" in dash.status.value
+    assert "stopped after 2 of 6 hyper-iterations (the Stop button)" in dash.status.value
+    assert dash.stop_button.description == "Stopped"
     # A new run starts unstopped.
     dash.on_start(INFO)
     assert not dash.stopped and not dash.stop_button.disabled
@@ -180,7 +195,7 @@ def test_stop_button_click_makes_on_record_return_true():
 
 
 def test_after_the_run_the_shown_hyperparameters_and_scales_can_be_chosen():
-    dash = Dashboard(mode="widget", min_interval=0)
+    dash = widget_dashboard(min_interval=0)
     dash.on_start(INFO)
     assert dash.select.disabled and all(s.disabled for s in dash.scales.values())
     for i in range(N):
@@ -192,26 +207,103 @@ def test_after_the_run_the_shown_hyperparameters_and_scales_can_be_chosen():
     dash.select.value = ("lr",)
     assert dash.draws == before + 1
     ax = panels(dash)
-    assert [line.get_label() for line in ax["hp"].get_lines()] == ["lr"]
+    assert [k for k in ax if k.startswith("hp:")] == ["hp:lr"]
     assert [line.get_label() for line in ax["grad"].get_lines()] == ["all hyperparameters", "lr"]
+    assert ax["hp:lr"].get_yscale() == "linear"  # auto: lr spans less than a decade and is not log()-constrained
     dash.scales["hp"].value = "log"
     dash.scales["grad"].value = "linear"
     dash.scales["loss"].value = "log"
     ax = panels(dash)
-    assert (ax["hp"].get_yscale(), ax["grad"].get_yscale(), ax["loss"].get_yscale()) == ("log", "linear", "log")
+    assert (ax["hp:lr"].get_yscale(), ax["grad"].get_yscale(), ax["loss"].get_yscale()) == ("log", "linear", "log")
+
+
+def test_status_says_compiling_then_the_time_left_then_how_it_ended(clock):
+    dash = widget_dashboard(min_interval=0)
+    dash.on_start(INFO)
+    assert dash.status.value.startswith("running: reverse mode; compiling the step")
+    assert "compiling" in dash.values.value
+    dash.on_record(record(0))  # its time includes compiling: no estimate from it
+    assert "estimating the time left" in dash.status.value and "time left" not in values_of(dash)
+    dash.on_record(record(1))
+    dash.on_record(record(2))  # 0.25 s per hyper-iteration since the first, 3 to go
+    assert dash.time_left() == pytest.approx(0.75)
+    assert dash.status.value == "running: reverse mode; about 1 s left"
+    assert values_of(dash)["time left"] == "≈ 1 s"
+    dash.on_end(None)
+    assert dash.status.value.startswith("stopped after 3 of 6 hyper-iterations (stopped by a callback)") is False
+    assert dash.status.value.startswith("finished: 3 hyper-iterations")
+
+
+def wide_run(i):
+    """Hyperparameters of very different sizes: wd spans two decades, lr changes by 30 %, mu by 12 %."""
+    return {
+        **record(i),
+        "grad_norm.wd": 1.0,
+        "grad_norm.mu": 1.0,
+        "wd": 1e-4 * 10 ** (2 * i / (N - 1)),
+        "lr": 0.1 * (1 + 0.3 * i / (N - 1)),
+        "mu": 0.8 * (1 + 0.12 * i / (N - 1)),
+    }
+
+
+WIDE = {**INFO, "hyperparameters": ["lr", "wd", "mu", "ex_w"], "scalars": ["lr", "wd", "mu"]}
+
+
+def test_every_hyperparameter_is_drawn_legibly_on_its_own_axes(clock):
+    """Each on its own y range (wd's two decades on a log axis): every trajectory that changes by more than 10 %
+    spans many pixels, and a vector whose mean is fixed is seen spreading."""
+    dash = Dashboard(mode="widget", min_interval=0)  # the notebook's picture size
+    dash.on_start({**WIDE, "log_scale": ["lr"]})  # lr constrained with log()
+    for i in range(N):
+        dash.on_record(wide_run(i))
+    ax = panels(dash)
+    assert {n: ax[f"hp:{n}"].get_yscale() for n in ("lr", "wd", "mu", "ex_w")} == {
+        "lr": "log", "wd": "log", "mu": "linear", "ex_w": "linear",
+    }  # fmt: skip
+    assert set(dash.extents) == {"lr", "wd", "mu", "ex_w"}
+    assert {n: e["scale"] for n, e in dash.extents.items()} == {
+        "lr": "log",
+        "wd": "log",
+        "mu": "linear",
+        "ex_w": "linear",
+    }
+    for name, extent in dash.extents.items():
+        assert extent["high"] > 1.1 * extent["low"], name
+        # A scalar fills its own axes; a vector's median line shares them with its bands (0.1 to 0.9 here).
+        assert extent["pixels"] > (20 if name in WIDE["scalars"] else 5), (name, extent)
+        left, top, right, bottom = extent["box"]
+        assert 0 <= left < right <= dash.figure.bbox.width and 0 <= top < bottom <= dash.figure.bbox.height
+    bands = [band.get_paths()[0].vertices[:, 1] for band in ax["hp:ex_w"].collections]
+    assert [round(float(b.max() - b.min()), 6) for b in bands] == [0.6, 0.8]  # 10–90 % and min–max at the end
+    # The same extents, published in the widget for the browser.
+    assert dash.drawn.value.count("class='hgkit-extent'") == 4
+    assert "data-name='wd'" in dash.drawn.value
+    # Switching the scale during the run applies from the next redraw.
+    dash2 = Dashboard(mode="widget", min_interval=0, figsize=(6.0, 2.0), dpi=40)
+    dash2.on_start(WIDE)
+    dash2.on_record(wide_run(0))
+    dash2.on_record(wide_run(1))
+    assert panels(dash2)["hp:mu"].get_yscale() == "linear"
+    dash2.scales["hp"].value = "log"
+    assert dash2.draws == 2  # during the run the choice waits for the next record
+    dash2.on_record(wide_run(2))
+    assert all(panels(dash2)[f"hp:{n}"].get_yscale() == "log" for n in ("lr", "wd", "mu", "ex_w"))
+    dash2.scales["hp"].value = "linear"
+    dash2.on_record(wide_run(3))
+    assert panels(dash2)["hp:wd"].get_yscale() == "linear"
 
 
 def test_names_restrict_what_is_drawn_from_the_start():
-    dash = Dashboard(mode="widget", names=["ex_w"], min_interval=0)
+    dash = widget_dashboard(names=["ex_w"], min_interval=0)
     dash.on_start(INFO)
     dash.on_record(record(0))
-    assert [line.get_label() for line in panels(dash)["hp"].get_lines()] == ["ex_w (mean)"]
+    assert [line.get_label() for line in panels(dash)["hp:ex_w"].get_lines()] == ["ex_w (median)"]
 
 
 def test_text_fallback_outside_a_notebook(clock):
     out = io.StringIO()
     dash = Dashboard(file=out)  # mode="auto": no IPython kernel here
-    assert dash.mode == "text" and dash.min_interval == 2.0
+    assert isinstance(dash, TextDashboard) and dash.mode == "text" and dash.min_interval == 2.0
     assert not hasattr(dash, "widget")
     dash.on_start(INFO)
     for i in range(N):
@@ -219,10 +311,13 @@ def test_text_fallback_outside_a_notebook(clock):
         clock.now += 0.75  # a line at most every 2 s: records 0, 3 and the last
     dash.on_end(type("Result", (), {"stopped": None})())
     lines = out.getvalue().splitlines()
-    assert lines[0] == "[hgkit] 6 hyper-iterations, Reverse(); hyperparameters lr, ex_w"
+    assert lines[0] == (
+        "[hgkit] 6 hyper-iterations, reverse mode; hyperparameters lr, ex_w; compiling the step (the first "
+        "hyper-iteration)…"
+    )
     assert [line.split()[1] for line in lines[1:-1]] == ["1/6", "4/6", "6/6"]
     assert lines[1] == (
-        "[hgkit] 1/6  val_loss 2  train_loss 1.5  ‖∇f‖ 3  lr 0.1  ex_w (mean) 0.5  accuracy 0.5  (0.2 s)"
+        "[hgkit] 1/6  val_loss 2  train_loss 1.5  ‖∇f‖ 3  lr 0.1  ex_w (median) 0.5  accuracy 0.5  (0.2 s)"
     )
     assert lines[-1] == "[hgkit] finished: 6 hyper-iterations"
 
@@ -234,15 +329,15 @@ def test_stop_in_text_mode():
     dash.stop()
     assert dash.on_record(record(0)) is True
     dash.on_end(type("Result", (), {"stopped": "callback"})())
-    assert out.getvalue().splitlines()[-1] == "[hgkit] finished: 1 hyper-iteration (stopped: callback)"
+    assert out.getvalue().splitlines()[-1] == "[hgkit] stopped after 1 of 6 hyper-iterations (the Stop button)"
 
 
 def test_as_a_plain_callback_it_reads_the_hyperparameters_from_the_record():
-    dash = Dashboard(mode="widget", min_interval=0)
+    dash = widget_dashboard(min_interval=0)
     for i in range(2):
         assert dash(record(i)) is False
-    assert dash.info["hyperparameters"] == ["lr", "ex_w"]
-    assert dash.info["vectors"] == ["ex_w"] and dash.info["metrics"] == ["accuracy"]
+    assert isinstance(dash.info, RunInfo) and dash.info.hyperparameters == ("lr", "ex_w")
+    assert dash.info.vectors == ("ex_w",) and dash.info.metrics == ("accuracy",)
     assert values_of(dash)["hyper-iteration"] == "2 / ?"
 
 
@@ -259,6 +354,32 @@ def test_as_a_plain_callback_it_reads_the_hyperparameters_from_the_record():
 def test_bad_arguments_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
         Dashboard(**kwargs)
+
+
+def test_dashboard_makes_the_view_its_mode_asks_for(monkeypatch):
+    out = io.StringIO()
+    assert type(Dashboard(mode="text", file=out)) is TextDashboard
+    widget = Dashboard(mode="widget", file=out)  # each view takes (and ignores) the other's options
+    assert type(widget) is WidgetDashboard and isinstance(widget, Dashboard) and widget.mode == "widget"
+    assert widget.min_interval == 0.5 and widget.widget._dom_classes == ("hgkit-dashboard",)
+    assert type(Dashboard(None, 0, 0.05, "iteration", "widget")) is WidgetDashboard  # mode given by position
+    assert type(TextDashboard(file=out, min_interval=0)) is TextDashboard  # a view made directly
+    with pytest.raises(ValueError, match="mode must be 'text' or 'auto' for a TextDashboard"):
+        TextDashboard(mode="widget")
+    # mode="auto" picks the widget in a Jupyter kernel.
+    monkeypatch.setattr(dashboard_module, "in_notebook", lambda: True)
+    auto = Dashboard(display=False)
+    assert type(auto) is WidgetDashboard and auto.min_interval == 0.5
+
+
+def test_on_start_takes_the_loops_run_info_or_a_dict_of_its_fields():
+    info = RunInfo(**INFO)
+    dash = Dashboard(mode="text", file=io.StringIO())
+    dash.on_start(info)
+    assert dash.info is info
+    assert list(dash.history.columns) == info.columns and dash.history.attrs == info.attrs()
+    dash.on_start(dict(hyperparameters=["lr", "ex_w"], vectors=["ex_w"], method=None))  # a hand-made run
+    assert dash.info == RunInfo(hyperparameters=("lr", "ex_w"), scalars=("lr",), vectors=("ex_w",))
 
 
 def test_on_start_refuses_something_else_than_the_loops_info():
@@ -312,7 +433,7 @@ def optimizer():
 
 def test_clicking_stop_during_a_real_run_ends_it_after_that_hyper_iteration(optimizer):
     opt, hparams, run_args = optimizer
-    dash = Dashboard(mode="widget", min_interval=0)
+    dash = widget_dashboard(min_interval=0)
 
     def click_at_iteration_2(record):
         if record["iteration"] == 2:
@@ -322,7 +443,7 @@ def test_clicking_stop_during_a_real_run_ends_it_after_that_hyper_iteration(opti
     assert result.stopped == "callback"
     assert len(result.history) == 3 and list(result.history["iteration"]) == [0, 1, 2]
     assert len(dash.records) == 3
-    assert "finished: 3 hyper-iterations (stopped: callback)" in dash.status.value
+    assert "stopped after 3 of 10 hyper-iterations (the Stop button)" in dash.status.value
     assert dash.stop_button.description == "Stopped" and dash.stop_button.disabled
 
 
@@ -343,10 +464,25 @@ def test_a_real_run_is_shown_as_its_history(optimizer):
     # The final picture holds the whole run: the validation curve and both trajectories.
     ax = panels(dash)
     np.testing.assert_allclose(ax["loss"].get_lines()[0].get_ydata(), history["val_loss"])
-    lines = {line.get_label(): line.get_ydata() for line in ax["hp"].get_lines()}
-    np.testing.assert_allclose(lines["wd"], history["wd"])
-    np.testing.assert_allclose(lines["lr"], history["lr"])
+    for name in ("wd", "lr"):
+        [line] = ax[f"hp:{name}"].get_lines()
+        np.testing.assert_allclose(line.get_ydata(), history[name])
     assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
+
+
+def test_a_real_run_with_log_constrained_hyperparameters_draws_them_on_a_log_axis():
+    import optax
+
+    import hgkit as hg
+
+    problem, hparams, run_args = ridge_problem()
+    opt = hg.HyperOptimizer(problem, hyper_optimizer=optax.adam(0.5), constraints={"wd": hg.constraints.log()})
+    dash = widget_dashboard(min_interval=0)
+    result = opt.run(hparams, hyper_iterations=4, callbacks=[dash], **run_args)
+    assert result.history.attrs["log_scale"] == ["wd"] and dash.info.log_scale == ("wd",)
+    assert panels(dash)["hp:wd"].get_yscale() == "log" and panels(dash)["hp:lr"].get_yscale() == "linear"
+    assert dash.info.method == "reverse mode"  # the label, not the method's repr
+    assert dash.status.value.startswith("finished: 4 hyper-iterations")
 
 
 def test_a_real_run_in_text_mode(optimizer):
@@ -354,7 +490,7 @@ def test_a_real_run_in_text_mode(optimizer):
     out = io.StringIO()
     result = opt.run(hparams, hyper_iterations=4, callbacks=[Dashboard(file=out, min_interval=0)], **run_args)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("[hgkit] 4 hyper-iterations, Reverse(") and lines[0].endswith("hyperparameters lr, wd")
+    assert lines[0].startswith("[hgkit] 4 hyper-iterations, reverse mode; hyperparameters lr, wd; compiling")
     assert [line.split()[1] for line in lines[1:-1]] == ["1/4", "2/4", "3/4", "4/4"]
     last = result.history.iloc[-1]
     assert f"val_loss {last['val_loss']:.4g}" in lines[-2] and f"wd {last['wd']:.4g}" in lines[-2]
@@ -367,7 +503,7 @@ def test_a_real_time_run(optimizer):
     _, hparams, run_args = optimizer
     problem, _, _ = ridge_problem()
     opt = hg.HyperOptimizer(problem, method=hg.RealTime(5), constraints={"wd": hg.constraints.positive()})
-    dash = Dashboard(mode="widget")
+    dash = widget_dashboard()
     result = opt.run(hparams, callbacks=[dash], **run_args)  # one run of T = 20 steps: 4 chunks of 5
     assert len(result.history) == len(dash.records) == 4
     assert values_of(dash)["hyper-iteration"] == "4 / 4"

@@ -100,6 +100,9 @@ def test_realtime_one_row_per_chunk_hyperparameters_move_validation_improves(rea
     assert ((history["mu"] > 0) & (history["mu"] < 1)).all()
     assert history["val_loss"].iloc[-1] < 0.7 * history["val_loss"].iloc[0]
     assert history["val_error"].iloc[-1] < history["val_error"].iloc[0]
+    # RTHO's row is the history's last: the validation loss and error at the final weights.
+    rtho = realtime_results.table.set_index("method").loc["RTHO"]
+    assert rtho[["val_loss", "val_error"]].tolist() == history[["val_loss", "val_error"]].iloc[-1].tolist()
 
 
 def test_realtime_compares_three_methods_on_equal_compute(realtime_results, tmp_path):

@@ -31,6 +31,8 @@ def test_config_refuses_an_impossible_budget():
         hc.Config(budgets=(6000.0,))
     with pytest.raises(ValueError, match="n_corrupt"):
         hc.Config(n_corrupt=5000)
+    with pytest.raises(ValueError, match="Config.n_train must be at most 5000 \\(the packaged split\\); got 6000"):
+        hc.Config(n_train=6000)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def smoke_results():
 
 def test_smoke_run_learns_to_distrust_the_corrupted_labels(smoke_results):
     config = hc.SMOKE
-    [row] = smoke_results.runs.to_dict("records")
+    [row] = smoke_results.table.to_dict("records")
     weights = smoke_results.weights[(config.budgets[0], config.seeds[0])]
     corrupted = smoke_results.corrupted[config.seeds[0]]
     # Feasible: the exact projection keeps 0 <= λ <= 1 and Σλ <= R.
@@ -57,21 +59,36 @@ def test_smoke_run_learns_to_distrust_the_corrupted_labels(smoke_results):
 def test_report_files(smoke_results, tmp_path):
     paths = hc.write_report(smoke_results, tmp_path)
     names = sorted(p.name for p in paths)
-    assert names == ["hyper_cleaning.png", "results.md", "runs.csv"]
+    # The pattern every experiment follows: NAME.md and NAME.csv (the table), NAME.png (the figure).
+    assert names == ["hyper-cleaning.csv", "hyper-cleaning.md", "hyper-cleaning.png"]
     assert all(p.stat().st_size > 0 for p in paths)
-    assert "| R |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "hyper-cleaning.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (tmp_path / "hyper-cleaning.md").read_text()
+    assert "| R |" in markdown and "| budget | seed |" in markdown
+    # The Markdown's mean table is the printed one, cell for cell.
+    means = smoke_results.means()
+    assert " | ".join(str(v) for v in means.iloc[0]) in markdown
+    assert means.to_string(index=False) in smoke_results.summary()
 
 
 def test_cli_smoke_prints_and_writes_the_table(tmp_path, capsys, monkeypatch):
     tiny = dataclasses.replace(hc.SMOKE, hyper_iterations=2, T=5)
     monkeypatch.setattr(hc, "SMOKE", tiny)
+    runs, run = [], hc.run
+    monkeypatch.setattr(hc, "run", lambda config, **kwargs: runs.append(run(config, **kwargs)) or runs[-1])
     assert (
         cli.main(["reproduce", "hyper-cleaning", "--smoke", "--seeds", "2", "--out", str(tmp_path), "--no-progress"])
         == 0
     )
     out = capsys.readouterr().out
     assert "baseline acc. (%)" in out and "±" in out  # two seeds: mean ± std
-    assert (tmp_path / "runs.csv").read_text().count("\n") == 3  # header + two seeds
+    assert (tmp_path / "hyper-cleaning.csv").read_text().count("\n") == 3  # header + two seeds
+    # Every seed's run is kept; the figure shows the largest budget on the last seed.
+    [results] = runs
+    budget = tiny.budgets[0]
+    assert set(results.weights) == set(results.histories) == {(budget, 0), (budget, 1)}
+    assert not np.array_equal(results.corrupted[0], results.corrupted[1])
+    assert results.headline() == (budget, 1) and results.means()["seeds"].tolist() == [2]
 
 
 def test_cli_list_and_bad_names(capsys):
@@ -88,7 +105,7 @@ def test_cli_set_overrides_config_fields(tmp_path, capsys):
     assert cli.main(args + sets) == 0
     out = capsys.readouterr().out
     assert "budgets=(200.0, 250.0)" in out and "T=4," in out
-    assert (tmp_path / "runs.csv").read_text().count("\n") == 3  # header + two budgets
+    assert (tmp_path / "hyper-cleaning.csv").read_text().count("\n") == 3  # header + two budgets
     for bad, message in [("T=abc", "expected a int"), ("nope=1", "FIELD one of"), ("budgets=9999", "budgets")]:
         with pytest.raises(SystemExit):
             cli.main(args + ["--set", bad])

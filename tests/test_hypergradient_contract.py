@@ -3,6 +3,7 @@ warm starts, and refusals of bad input."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import jax
@@ -10,10 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import finite_differences, mlp, mlp_init, rel_err, toy_data, tree_l2
+from helpers import QUICK_TO_COMPILE, CompileCounter, finite_differences, mlp, mlp_init, rel_err, toy_data, tree_l2
 
 import hgkit as hg
-from hgkit.hypergrad import _compiled
 
 ALL_METHODS = [hg.Reverse(), hg.Reverse(hvp="forward-over-reverse"), hg.Forward(), hg.RealTime(delta=5)]
 METHOD_IDS = ["reverse", "reverse_fr", "forward", "realtime"]
@@ -34,37 +34,51 @@ def quadratic_problem(optimizer):
     )
 
 
-@pytest.mark.parametrize("method", ALL_METHODS, ids=METHOD_IDS)
-def test_closed_form_learning_rate(method):
-    """w_T = a + (1 − ηh)^T (w_0 − a), so dE/dη = Σ (w_T − b) · (−T h (1 − ηh)^{T−1}) (w_0 − a)."""
+def all_at_once(problem, hparams, T, train_data, val_data, methods):
+    """hg.hypergradient_result of every method in ``methods``, in one compiled call, on the host.
+
+    A test's cost is compilation: one program holding several computations compiles in about half the time of a
+    program for each. Failures come back as data; :func:`succeeded` checks them.
+    """
+    fn = jax.jit(
+        lambda hp: [hg.hypergradient_result(problem, hp, T, train_data, val_data, method=m) for m in methods],
+        compiler_options=QUICK_TO_COMPILE,
+    )
+    return jax.device_get(fn(hparams))
+
+
+def succeeded(result, what=""):
+    """The result's grads after checking that it reports no failure (what hg.hypergradient would raise on)."""
+    assert int(result.failure) == hg.Failure.NONE, (what, hg.Failure(int(result.failure)))
+    return result.grads
+
+
+def test_closed_form_learning_rate():
+    """w_T = a + (1 − ηh)^T (w_0 − a), so dE/dη = Σ (w_T − b) · (−T h (1 − ηh)^{T−1}) (w_0 − a); every method."""
     T, eta = 20, 0.3
-    value, grads = hg.hypergradient(
-        quadratic_problem(hg.optim.sgd("lr")), {"lr": jnp.asarray(eta)}, T=T, train_data=(), val_data=(), method=method
-    )
-    w_T = A + (1 - eta * H) ** T * (W0 - A)
-    exact = jnp.sum((w_T - B) * (-T * H * (1 - eta * H) ** (T - 1)) * (W0 - A))
-    np.testing.assert_allclose(value, 0.5 * jnp.sum((w_T - B) ** 2), rtol=1e-12)
-    np.testing.assert_allclose(grads["lr"], exact, rtol=1e-10)
+    h, a, b, w0 = (np.asarray(v) for v in (H, A, B, W0))
+    w_T = a + (1 - eta * h) ** T * (w0 - a)
+    exact = np.sum((w_T - b) * (-T * h * (1 - eta * h) ** (T - 1)) * (w0 - a))
+    problem = quadratic_problem(hg.optim.sgd("lr"))
+    results = all_at_once(problem, {"lr": jnp.asarray(eta)}, T, (), (), ALL_METHODS)
+    for name, res in zip(METHOD_IDS, results, strict=True):
+        np.testing.assert_allclose(res.value, 0.5 * np.sum((w_T - b) ** 2), rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(succeeded(res, name)["lr"], exact, rtol=1e-10, err_msg=name)
 
 
-@pytest.mark.parametrize("method", [hg.Reverse(), hg.Forward()], ids=["reverse", "forward"])
-def test_closed_form_schedule(method):
-    """With a schedule η_1..η_T: dE/dη_t = Σ (w_T − b) · (−h) Π_{s≠t} (1 − η_s h) (w_0 − a)."""
+def test_closed_form_schedule():
+    """With a schedule η_1..η_T: dE/dη_t = Σ (w_T − b) · (−h) Π_{s≠t} (1 − η_s h) (w_0 − a); reverse and forward."""
     T = 15
-    etas = jnp.linspace(0.1, 0.4, T)
-    _, grads = hg.hypergradient(
-        quadratic_problem(hg.optim.sgd(lambda hp, t: hp["lr"][t])),
-        {"lr": etas},
-        T=T,
-        train_data=(),
-        val_data=(),
-        method=method,
-    )
-    factors = 1 - etas[:, None] * H[None, :]  # (T, 4)
-    w_T = A + jnp.prod(factors, axis=0) * (W0 - A)
-    others = jnp.stack([jnp.prod(jnp.delete(factors, t, axis=0), axis=0) for t in range(T)])
-    exact = jnp.sum((w_T - B) * (-H) * others * (W0 - A), axis=1)
-    np.testing.assert_allclose(grads["lr"], exact, rtol=1e-10)
+    etas = np.linspace(0.1, 0.4, T)
+    h, a, b, w0 = (np.asarray(v) for v in (H, A, B, W0))
+    factors = 1 - etas[:, None] * h[None, :]  # (T, 4)
+    w_T = a + np.prod(factors, axis=0) * (w0 - a)
+    others = np.stack([np.prod(np.delete(factors, t, axis=0), axis=0) for t in range(T)])
+    exact = np.sum((w_T - b) * (-h) * others * (w0 - a), axis=1)
+    problem = quadratic_problem(hg.optim.sgd(lambda hp, t: hp["lr"][t]))
+    results = all_at_once(problem, {"lr": jnp.asarray(etas)}, T, (), (), [hg.Reverse(), hg.Forward()])
+    for name, res in zip(["reverse", "forward"], results, strict=True):
+        np.testing.assert_allclose(succeeded(res, name)["lr"], exact, rtol=1e-10, err_msg=name)
 
 
 # ----- compilation ------------------------------------------------------------------------------------------
@@ -76,12 +90,13 @@ def test_new_hyperparameter_values_do_not_recompile():
         hg.hypergradient(
             problem, {"lr": jnp.asarray(0.1), "mu": jnp.asarray(0.5)}, T=7, train_data=(), val_data=(), method=method
         )
-        before = _compiled._cache_size()
-        for lr in (0.2, 0.05):
-            hg.hypergradient(
-                problem, {"lr": jnp.asarray(lr), "mu": jnp.asarray(0.3)}, T=7, train_data=(), val_data=(), method=method
-            )
-        assert _compiled._cache_size() == before
+        with CompileCounter() as compiles:
+            for lr in (0.2, 0.05):
+                hg.hypergradient(
+                    problem, {"lr": jnp.asarray(lr), "mu": jnp.asarray(0.3)}, T=7, train_data=(), val_data=(),
+                    method=method,
+                )  # fmt: skip
+        assert compiles.count == 0
 
 
 # ----- dtypes -------------------------------------------------------------------------------------------------
@@ -99,23 +114,32 @@ def small_mlp_problem(dtype, optimizer):
     return problem, (x, y), (x[:6] * 1.1, y[:6])
 
 
-@pytest.mark.parametrize("method", ALL_METHODS, ids=METHOD_IDS)
-def test_float32_is_honoured(method):
-    """float32 in, float32 out, close to the float64 result.
+def test_float32_is_honoured():
+    """float32 in, float32 out, close to the float64 result; every method.
 
     Tolerance 1e-4 relative: float32 rounding (ε ≈ 6e-8) accumulates over 20 steps of the state and the adjoint
     and is amplified by the conditioning of the run; measured differences are about 1e-6.
     """
     hp64 = {"lr": jnp.asarray(0.3), "mu": jnp.asarray(0.6), "wd": jnp.asarray(0.01)}
     hp32 = jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), hp64)
-    results = {}
-    for dtype, hp in ((jnp.float64, hp64), (jnp.float32, hp32)):
-        problem, train, val = small_mlp_problem(dtype, hg.optim.momentum("lr", "mu"))
-        value, grads = hg.hypergradient(problem, hp, T=20, train_data=train, val_data=val, method=method)
-        assert value.dtype == dtype
-        assert all(g.dtype == dtype for g in jax.tree_util.tree_leaves(grads))
-        results[dtype] = grads
-    assert rel_err(results[jnp.float32], results[jnp.float64]) < 1e-4
+    p64, train64, val64 = small_mlp_problem(jnp.float64, hg.optim.momentum("lr", "mu"))
+    p32, train32, val32 = small_mlp_problem(jnp.float32, hg.optim.momentum("lr", "mu"))
+
+    @functools.partial(jax.jit, compiler_options=QUICK_TO_COMPILE)
+    def both(hp64, hp32):
+        return [
+            (
+                hg.hypergradient_result(p64, hp64, 20, train64, val64, method=method),
+                hg.hypergradient_result(p32, hp32, 20, train32, val32, method=method),
+            )
+            for method in ALL_METHODS
+        ]
+
+    for name, (r64, r32) in zip(METHOD_IDS, jax.device_get(both(hp64, hp32)), strict=True):
+        for dtype, res in ((np.float64, r64), (np.float32, r32)):
+            assert res.value.dtype == dtype, name
+            assert all(g.dtype == dtype for g in jax.tree_util.tree_leaves(succeeded(res, name))), name
+        assert rel_err(r32.grads, r64.grads) < 1e-4, name
 
 
 def test_mixed_dtypes_are_refused_not_cast():
@@ -133,9 +157,8 @@ def test_mixed_dtypes_are_refused_not_cast():
 # ----- several objectives -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", [hg.Reverse(), hg.Forward()], ids=["reverse", "forward"])
-def test_groups_follow_their_own_objective(method):
-    """lr and mu follow the training error, wd the validation error (RFHO's hyper_dict)."""
+def test_groups_follow_their_own_objective():
+    """lr and mu follow the training error, wd the validation error (RFHO's hyper_dict); reverse and forward."""
     x, y = toy_data()
     xv, yv = toy_data(seed=7)
     p0 = mlp_init()
@@ -155,30 +178,26 @@ def test_groups_follow_their_own_objective(method):
         opt,
         follows={"lr": "train", "mu": "train", "wd": "val"},
     )
-    value, grads = hg.hypergradient(
-        both, hp, T=10, train_data=(x, y), val_data={"val": (xv, yv), "train": (x, y)}, method=method
-    )
-    _, g_val = hg.hypergradient(
-        hg.BilevelProblem(lambda h, k: p0, train_loss, err, opt),
-        hp,
-        T=10,
-        train_data=(x, y),
-        val_data=(xv, yv),
-        method=method,
-    )
-    _, g_train = hg.hypergradient(
-        hg.BilevelProblem(lambda h, k: p0, train_loss, err, opt),
-        hp,
-        T=10,
-        train_data=(x, y),
-        val_data=(x, y),
-        method=method,
-    )
-    assert set(value) == {"val", "train"}
-    np.testing.assert_allclose(grads["wd"], g_val["wd"], rtol=1e-12)
-    np.testing.assert_allclose(grads["lr"], g_train["lr"], rtol=1e-12)
-    np.testing.assert_allclose(grads["mu"], g_train["mu"], rtol=1e-12)
-    assert abs(float(g_val["lr"]) - float(g_train["lr"])) > 1e-3  # the two objectives really differ
+    single = hg.BilevelProblem(lambda h, k: p0, train_loss, err, opt)
+
+    @functools.partial(jax.jit, compiler_options=QUICK_TO_COMPILE)
+    def every(hp):
+        return [
+            (
+                hg.hypergradient_result(both, hp, 10, (x, y), {"val": (xv, yv), "train": (x, y)}, method=method),
+                hg.hypergradient_result(single, hp, 10, (x, y), (xv, yv), method=method),
+                hg.hypergradient_result(single, hp, 10, (x, y), (x, y), method=method),
+            )
+            for method in (hg.Reverse(), hg.Forward())
+        ]
+
+    for name, results in zip(["reverse", "forward"], jax.device_get(every(hp)), strict=True):
+        grads, g_val, g_train = (succeeded(res, name) for res in results)
+        assert set(results[0].value) == {"val", "train"}
+        np.testing.assert_allclose(grads["wd"], g_val["wd"], rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(grads["lr"], g_train["lr"], rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(grads["mu"], g_train["mu"], rtol=1e-12, err_msg=name)
+        assert abs(float(g_val["lr"]) - float(g_train["lr"])) > 1e-3  # the two objectives really differ
 
 
 def test_follows_must_name_known_objectives():
@@ -203,12 +222,18 @@ def test_realtime_chunks_without_updates_equal_forward():
     problem, train, val = small_mlp_problem(jnp.float64, hg.optim.adam("lr", b1="b1"))
     hp = {"lr": jnp.asarray(0.05), "b1": jnp.asarray(0.8), "wd": jnp.asarray(0.01)}
     rt = hg.RealTime(delta=4)
-    carry = rt.init(problem, hp)
-    step = jax.jit(lambda c, h: rt.step(problem, c, h, train, val))
+    carry = jax.jit(lambda h: rt.init(problem, h))(hp)
+    step = jax.jit(lambda c, h: rt.step(problem, c, h, train, val), compiler_options=QUICK_TO_COMPILE)
+    forward = jax.jit(  # forward mode after 4, 8, ..., 20 steps, in one compiled call
+        lambda h: [
+            hg.hypergradient_result(problem, h, 4 * chunk, train, val, method=hg.Forward()) for chunk in range(1, 6)
+        ],
+        compiler_options=QUICK_TO_COMPILE,
+    )(hp)
     for chunk in range(1, 6):
         carry, result = step(carry, hp)
         assert int(carry.step) == 4 * chunk
-        _, exact = hg.hypergradient(problem, hp, T=4 * chunk, train_data=train, val_data=val, method=hg.Forward())
+        exact = succeeded(forward[chunk - 1])
         assert rel_err(result.grads, exact) < 1e-11
     assert result.train_losses.shape == (4,)
 
@@ -217,9 +242,10 @@ def test_realtime_keeps_weights_and_tangents_across_updates():
     """After λ changes, the run continues from where it was: the weights are not reset."""
     problem = quadratic_problem(hg.optim.sgd("lr"))
     rt = hg.RealTime(delta=3)
-    carry = rt.init(problem, {"lr": jnp.asarray(0.1)})
-    carry, _ = rt.step(problem, carry, {"lr": jnp.asarray(0.1)}, (), ())
-    carry, result = rt.step(problem, carry, {"lr": jnp.asarray(0.2)}, (), ())
+    step = jax.jit(lambda c, hp: rt.step(problem, c, hp, (), ()))  # the same program for both chunks
+    carry = jax.jit(lambda hp: rt.init(problem, hp))({"lr": jnp.asarray(0.1)})
+    carry, _ = step(carry, {"lr": jnp.asarray(0.1)})
+    carry, result = step(carry, {"lr": jnp.asarray(0.2)})
     w = W0
     for eta in (0.1, 0.1, 0.1, 0.2, 0.2, 0.2):
         w = w - eta * H * (w - A)
@@ -253,16 +279,24 @@ def test_warm_start_from_a_given_state():
     """Starting from s_T of one run equals running 2T steps, except the initial weights' dependence on λ."""
     problem = quadratic_problem(hg.optim.sgd("lr"))
     hp = {"lr": jnp.asarray(0.1)}
-    first = hg.hypergradient_result(problem, hp, 5, (), ())
-    second = hg.hypergradient_result(problem, hp, 5, (), (), init_state=first.state)
-    both = hg.hypergradient_result(problem, hp, 10, (), ())
-    np.testing.assert_allclose(second.state.params, both.state.params, rtol=1e-12)
+
+    @functools.partial(jax.jit, compiler_options=QUICK_TO_COMPILE)
+    def runs(hp):  # every run of the test, in one compiled call
+        first = hg.hypergradient_result(problem, hp, 5, (), ())
+        warm = [
+            hg.hypergradient_result(problem, hp, 5, (), (), method=method, init_state=first.state)
+            for method in (hg.Reverse(), hg.Forward())
+        ]
+        return first, warm, hg.hypergradient_result(problem, hp, 10, (), ())
+
+    first, warm, both = jax.device_get(runs(hp))
+    np.testing.assert_allclose(warm[0].state.params, both.state.params, rtol=1e-12)
     # d/dη with w_5 held fixed: only the last 5 steps contribute.
     w5 = first.state.params
-    w10 = A + (1 - 0.1 * H) ** 5 * (w5 - A)
-    exact = jnp.sum((w10 - B) * (-5 * H * (1 - 0.1 * H) ** 4) * (w5 - A))
-    for method in (hg.Reverse(), hg.Forward()):
-        res = hg.hypergradient_result(problem, hp, 5, (), (), method=method, init_state=first.state)
+    h, a, b = np.asarray(H), np.asarray(A), np.asarray(B)
+    w10 = a + (1 - 0.1 * h) ** 5 * (w5 - a)
+    exact = np.sum((w10 - b) * (-5 * h * (1 - 0.1 * h) ** 4) * (w5 - a))
+    for res in warm:
         np.testing.assert_allclose(res.grads["lr"], exact, rtol=1e-10)
 
 
@@ -291,9 +325,9 @@ def test_adam_is_finite_where_a_gradient_is_exactly_zero():
         optimizer=hg.optim.adam("lr", b1="b1"),
     )
     hp = {"lr": jnp.asarray(0.05), "b1": jnp.asarray(0.9)}
-    grads = {}
-    for name, method in (("reverse", hg.Reverse()), ("forward", hg.Forward())):
-        _, grads[name] = hg.hypergradient(problem, hp, T=8, train_data=(x, y), val_data=(x, y), method=method)
+    results = all_at_once(problem, hp, 8, (x, y), (x, y), [hg.Reverse(), hg.Forward()])
+    grads = {name: succeeded(res, name) for name, res in zip(["reverse", "forward"], results, strict=True)}
+    for name in grads:
         assert all(np.isfinite(g) for g in jax.tree_util.tree_leaves(grads[name]))
     assert rel_err(grads["forward"], grads["reverse"]) < 1e-9
 
@@ -436,7 +470,7 @@ def test_forward_over_many_directions_warns_when_allowed():
 
 def test_unknown_method():
     problem, c = base_problem()
-    refused(problem, c, "method must be hg.Reverse", TypeError, method="reverse")
+    refused(problem, c, "method must be a hypergradient method", TypeError, method="reverse")
 
 
 # ----- divergence ---------------------------------------------------------------------------------------------

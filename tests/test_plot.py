@@ -1,7 +1,9 @@
 """The plot helpers draw what the history says: asserted on the artists' data, labels, scales and colours.
 
-The history is made as the loop makes it (hgkit/_history.py), by a short hand-written hyperparameter descent that
-calls the real ``hg.hypergradient_result`` (the outer loop itself is tested elsewhere).
+One section per module of ``hgkit.plot``: ``panels`` (the history's panels and the overview), ``snapshots``
+(schedule, per-example weights), ``cost`` (cost curves). The history is made as the loop makes it (its rows and
+columns by ``hgkit.history.RunInfo``), by a short hand-written hyperparameter descent that calls the real
+``hg.hypergradient_result`` (the outer loop itself is tested elsewhere).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 import hgkit as hg  # noqa: E402
 from hgkit import plot  # noqa: E402
+from hgkit.history import RunInfo, StepReport, vector_stats  # noqa: E402
 
 T = 8
 N = 12
@@ -58,7 +61,7 @@ def _hypergradient(hp, T, train, val):
 
 
 def hand_run(iterations=6, step=0.05):
-    """A short projected hypergradient descent, recorded row by row in the contract's schema."""
+    """A short projected hypergradient descent, recorded row by row as the loop records them (RunInfo.record)."""
     x, y = toy_data(n=N, d=3, seed=0)
     y = jnp.where(jnp.asarray(CORRUPTED), -y, y)
     x_val, y_val = toy_data(n=10, d=3, seed=1)
@@ -69,41 +72,28 @@ def hand_run(iterations=6, step=0.05):
         "sched": jnp.full(T, 0.2),
         "wd": jnp.asarray(0.01),
     }
-    names = ["ex_w", "mu", "sched", "wd"]  # jax's order of the leaves (sorted keys)
-    scalars, vectors = ["mu", "wd"], ["ex_w", "sched"]
+    info = RunInfo.describe(hp, ["val"], metrics=["test_loss"], hyper_iterations=iterations, method="reverse mode")
+    names, vectors = info.hyperparameters, info.vectors  # ex_w, mu, sched, wd: jax's order of the leaves
     rows, snapshots, start = [], {}, time.perf_counter()
     for k in range(iterations):
         r = _hypergradient(hp, T, (x, y), (x_val, y_val))
-        grads = {n: np.asarray(r.grads[n]) for n in names}
-        row = {
-            "iteration": k,
-            "inner_steps": (k + 1) * T,
-            "wall_time": time.perf_counter() - start,
-            "val_loss": float(r.value),
-            "train_loss": float(r.train_losses[-1]),
-            "grad_norm": float(np.sqrt(sum(np.sum(g**2) for g in grads.values()))),
-            **{f"grad_norm.{n}": float(np.linalg.norm(grads[n])) for n in names},
-            **{n: float(hp[n]) for n in scalars},
-            "test_loss": float(jnp.mean((x_test @ r.state.params - y_test) ** 2)),
-        }
-        for n in vectors:
-            v = np.asarray(hp[n])
-            row.update(
-                {f"{n}.mean": v.mean(), f"{n}.min": v.min(), f"{n}.max": v.max(), f"{n}.norm": np.linalg.norm(v)}
-            )
-        rows.append(row)
+        grads = [np.asarray(r.grads[n]) for n in names]
+        report = StepReport(
+            values=(r.value,),
+            train_loss=r.train_losses[-1],
+            grad_norm=np.sqrt(sum(np.sum(g**2) for g in grads)),
+            grad_norms=tuple(np.linalg.norm(g) for g in grads),
+            hp=tuple(vector_stats(hp[n]) if n in vectors else hp[n] for n in names),
+            metrics=(jnp.mean((x_test @ r.state.params - y_test) ** 2),),
+            failure=0,
+            failed_at=-1,
+            solve_residual=None,
+        )
+        rows.append(info.record(k, (k + 1) * T, time.perf_counter() - start, report))
         snapshots[k] = {n: np.asarray(hp[n]).copy() for n in vectors}
         hp = {n: hp[n] - step * r.grads[n] for n in names}
         hp = {**hp, "ex_w": jnp.clip(hp["ex_w"], 0, 1), "mu": jnp.clip(hp["mu"], 0, 0.99), "wd": jnp.abs(hp["wd"])}
-    history = pd.DataFrame(rows)
-    history.attrs.update(
-        hyperparameters=names,
-        scalars=scalars,
-        vectors=vectors,
-        objectives=["val_loss"],
-        metrics=["test_loss"],
-        method="Reverse()",
-    )
+    history = info.frame(rows)
     return types.SimpleNamespace(hparams=hp, history=history, snapshots=snapshots, state=r.state, stopped=None)
 
 
@@ -121,8 +111,12 @@ def same_color(a, b):
     return to_rgba(a) == to_rgba(b)
 
 
+# ----- hgkit.plot.panels -------------------------------------------------------------------------------------
+
+
 def test_the_hand_run_follows_the_contract(run):
     h = run.history
+    assert h.attrs["vectors"] == ["ex_w", "sched"] and h.attrs["metrics"] == ["test_loss"]
     assert h["iteration"].tolist() == list(range(6))
     assert h["inner_steps"].tolist() == [T * (k + 1) for k in range(6)]
     assert np.all(np.diff(h["wall_time"]) > 0)
@@ -131,21 +125,98 @@ def test_the_hand_run_follows_the_contract(run):
     assert h["val_loss"].iloc[-1] < h["val_loss"].iloc[0]  # the hand-written descent does descend
 
 
-def test_hyperparameters_draws_scalars_as_lines_and_vectors_as_mean_and_band(run, ax):
+def test_hyperparameters_draws_scalars_as_lines_and_vectors_as_their_distribution(run, ax):
     h = run.history
     artists = plot.hyperparameters(ax, h, ["mu", "ex_w"])
-    mu, ex_mean, ex_band = artists
+    mu, ex_median, ex_quantiles, ex_range = artists
     np.testing.assert_array_equal(mu.get_xdata(), h["iteration"])
     np.testing.assert_array_equal(mu.get_ydata(), h["mu"])
-    np.testing.assert_array_equal(ex_mean.get_ydata(), h["ex_w.mean"])
-    # The band's outline runs along max and back along min.
-    ys = ex_band.get_paths()[0].vertices[:, 1]
-    assert set(np.round(h["ex_w.max"], 12)) <= set(np.round(ys, 12))
-    assert set(np.round(h["ex_w.min"], 12)) <= set(np.round(ys, 12))
-    assert ex_band.get_paths()[0].vertices[:, 0].min() == 0 and ex_band.get_paths()[0].vertices[:, 0].max() == 5
+    np.testing.assert_array_equal(ex_median.get_ydata(), h["ex_w.median"])
+    # Each band's outline runs along its upper edge and back along its lower one: 10–90 %, then min–max.
+    for band, (low, high) in ((ex_quantiles, ("q10", "q90")), (ex_range, ("min", "max"))):
+        ys = band.get_paths()[0].vertices[:, 1]
+        assert set(np.round(h[f"ex_w.{high}"], 12)) <= set(np.round(ys, 12))
+        assert set(np.round(h[f"ex_w.{low}"], 12)) <= set(np.round(ys, 12))
+        assert band.get_paths()[0].vertices[:, 0].min() == 0 and band.get_paths()[0].vertices[:, 0].max() == 5
     assert ax.get_xlabel() == "hyper-iteration" and ax.get_ylabel() == "hyperparameter value"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mu", "ex_w (mean)", "ex_w (min–max)"]
-    assert same_color(ex_mean.get_color(), (*ex_band.get_facecolor()[0][:3], 1.0))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "mu", "ex_w (median)", "ex_w (10–90 %)", "ex_w (min–max)",
+    ]  # fmt: skip
+    assert same_color(ex_median.get_color(), (*ex_range.get_facecolor()[0][:3], 1.0))
+    assert ex_quantiles.get_alpha() > ex_range.get_alpha()  # the inner band darker
+
+
+def test_a_vector_whose_mean_is_fixed_is_seen_to_spread(ax):
+    """Per-example weights under a budget keep their mean while they move apart: the drawn median and bands move
+    though the mean does not (a history from before quantiles were kept still draws its mean)."""
+    rows = []
+    for k in range(5):
+        spread = 0.1 * k
+        w = np.concatenate([np.full(6, 0.5 - spread), np.full(6, 0.5 + spread)])
+        w[0] = 0.5 - 1.2 * spread
+        w[-1] = 0.5 + 1.2 * spread
+        rows.append({"iteration": k, "w.mean": w.mean(), "w.min": w.min(), "w.max": w.max(), "w.norm": 1.0,
+                     "w.q10": np.quantile(w, 0.1), "w.median": np.median(w), "w.q90": np.quantile(w, 0.9)})  # fmt: skip
+    h = pd.DataFrame(rows)
+    h.attrs.update(hyperparameters=["w"], scalars=[], vectors=["w"])
+    np.testing.assert_allclose(h["w.mean"], 0.5)
+    _, q, _ = plot.hyperparameters(ax, h)
+    ys = q.get_paths()[0].vertices[:, 1]
+    assert ys.max() - ys.min() > 0.5  # the 10–90 % band opens from 0.5 towards 0.1 and 0.9
+    old = h.drop(columns=["w.q10", "w.median", "w.q90"])
+    old.attrs = dict(h.attrs)
+    mean, _ = plot.hyperparameters(Figure().subplots(), old)
+    assert mean.get_label() == "w (mean)"
+
+
+def test_log_constrained_or_decade_spanning_hyperparameters_get_a_log_axis():
+    h = pd.DataFrame({"iteration": range(4), "wd": [1e-4, 1e-3, 1e-2, 2e-2], "lr": [0.1, 0.11, 0.12, 0.13],
+                      "mu": [0.5, 0.6, 0.7, 0.8], "b": [-1.0, 1.0, 20.0, 30.0]})  # fmt: skip
+    h.attrs.update(hyperparameters=["wd", "lr", "mu", "b"], scalars=["wd", "lr", "mu", "b"], vectors=[],
+                   log_scale=["lr"])  # fmt: skip
+    # wd spans two decades; lr is constrained with log() (history.attrs["log_scale"]); mu neither; b is not positive.
+    scales = {n: plot.hyperparameter_scale(h, n) for n in ("wd", "lr", "mu", "b")}
+    assert scales == {"wd": "log", "lr": "log", "mu": "linear", "b": "linear"}
+    for name, scale in scales.items():
+        ax = Figure().subplots()
+        plot.hyperparameters(ax, h, [name])
+        assert ax.get_yscale() == scale, name
+    ax = Figure().subplots()
+    plot.hyperparameters(ax, h, ["wd", "mu"])  # together: log only if every one drawn is
+    assert ax.get_yscale() == "linear"
+    ax = Figure().subplots()
+    plot.hyperparameters(ax, h, ["mu"], scale="log")  # or as asked
+    assert ax.get_yscale() == "log"
+    with pytest.raises(ValueError, match="scale must be one of"):
+        plot.hyperparameters(ax, h, ["mu"], scale="symlog")
+
+
+def test_a_log_axis_within_one_decade_has_short_tick_labels_and_iteration_axes_integer_ticks():
+    """A hypergradient norm between 0.2 and 0.9: matplotlib labels the minor ticks as wide 2×10⁻¹ that run into
+    the axis label; here they are short numbers, and the hyper-iteration axis has whole numbers only."""
+    h = pd.DataFrame({"iteration": range(3), "grad_norm": [0.9, 0.5, 0.2], "grad_norm.lr": [0.9, 0.5, 0.2],
+                      "lr": [0.1, 0.2, 0.3]})  # fmt: skip
+    h.attrs.update(hyperparameters=["lr"], scalars=["lr"], vectors=[])
+    fig = Figure(figsize=(4, 3), dpi=72)
+    ax = fig.subplots()
+    plot.grad_norms(ax, h)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if t.get_text()]
+    assert labels and all(len(t) <= 4 and "times" not in t and "^" not in t for t in labels), labels
+    assert all(float(t) == pytest.approx(float(t)) for t in labels)  # plain numbers
+    renderer = canvas.get_renderer()
+    ylabel = ax.yaxis.label.get_window_extent(renderer)
+    for tick in ax.get_yticklabels(minor=True) + ax.get_yticklabels():
+        if tick.get_text():
+            assert not tick.get_window_extent(renderer).overlaps(ylabel), tick.get_text()
+    xticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert all(float(t).is_integer() for t in xticks), xticks
+    one = Figure().subplots()  # one hyper-iteration drawn (the axis spans ±0.05): still whole numbers
+    plot.grad_norms(one, h.iloc[:1])
+    assert list(one.get_xticks()) == [-1, 0, 1]
 
 
 @pytest.mark.parametrize("x,label", [("inner_steps", "inner training steps"), ("wall_time", "wall time (s)")])
@@ -198,12 +269,12 @@ def test_overview_draws_every_panel_of_a_run(run):
         assert set(axes) == {"hp:ex_w", "hp:mu", "hp:sched", "hp:wd", "grad_norm", "loss", "metrics"}
         assert all(ax.get_xlabel() == "inner training steps" for ax in axes.values())
         np.testing.assert_array_equal(axes["hp:wd"].get_lines()[0].get_ydata(), h["wd"])
-        assert len(axes["hp:sched"].collections) == 1  # the min–max band of a vector
+        assert len(axes["hp:sched"].collections) == 2  # a vector's 10–90 % and min–max bands
         assert axes["grad_norm"].get_yscale() == "log"
         np.testing.assert_array_equal(axes["loss"].get_lines()[0].get_ydata(), h["val_loss"])
         np.testing.assert_array_equal(axes["metrics"].get_lines()[0].get_ydata(), h["test_loss"])
         assert axes["metrics"].get_ylabel() == "test_loss"
-        assert fig._suptitle.get_text() == "Reverse(): 6 hyper-iterations"
+        assert fig.get_suptitle() == "reverse mode: 6 hyper-iterations"
         assert all(ax.figure.figure is fig for ax in axes.values())
     finally:
         plt.close(fig)
@@ -227,6 +298,30 @@ def test_several_objectives_get_one_line_each(run, ax):
     np.testing.assert_array_equal(lines[1].get_ydata(), h["val_loss.train"])
     assert lines[0].get_linestyle() != lines[1].get_linestyle()
     assert ax.get_yscale() == "log"
+
+
+def test_the_panels_read_which_column_is_what_from_the_runs_info(run, ax):
+    h = run.history
+    # A frame that lost its attrs: given the names, its vectors, metrics and colours are read from its columns.
+    no_attrs = h.copy()
+    no_attrs.attrs = {}
+    median, quantiles, band = plot.hyperparameters(ax, no_attrs, ["ex_w"])
+    np.testing.assert_array_equal(median.get_ydata(), h["ex_w.median"])
+    assert median.get_label() == "ex_w (median)" and band.get_label() == "ex_w (min–max)"
+    [mu] = plot.hyperparameters(Figure().subplots(), h, ["mu"])
+    [mu_no_attrs] = plot.hyperparameters(Figure().subplots(), no_attrs, ["mu"])
+    assert same_color(mu.get_color(), mu_no_attrs.get_color())
+    fig, axes = plot.overview(no_attrs, names=["mu"])
+    try:
+        np.testing.assert_array_equal(axes["metrics"].get_lines()[0].get_ydata(), h["test_loss"])
+    finally:
+        plt.close(fig)
+    # A column that is not one of the run's hyperparameters is not drawn as one.
+    with pytest.raises(ValueError, match="no hyperparameter 'test_loss'.*'ex_w', 'mu', 'sched', 'wd'"):
+        plot.hyperparameters(ax, h, ["test_loss"])
+
+
+# ----- hgkit.plot.snapshots ----------------------------------------------------------------------------------
 
 
 def test_schedule_draws_the_snapshots_from_early_to_late(run, ax):
@@ -273,6 +368,8 @@ def test_example_weights_sorted_by_rank(ax):
     with pytest.raises(ValueError, match="kind"):
         plot.example_weights(ax, weights, groups, kind="pie")
 
+
+# ----- hgkit.plot.cost ---------------------------------------------------------------------------------------
 
 COSTS = pd.DataFrame(
     {
@@ -321,6 +418,9 @@ def test_cost_curves_colours_other_methods_apart(ax):
     assert len(set(colors.values())) == 3
 
 
+# ----- errors, and the package -------------------------------------------------------------------------------
+
+
 def test_bad_input_gets_a_clear_error(run, ax):
     h = run.history
     with pytest.raises(ValueError, match="no hyperparameter 'lr'.*'ex_w', 'mu', 'sched', 'wd'"):
@@ -348,6 +448,16 @@ def test_an_empty_history_draws_empty_lines(run, ax):
     empty = run.history.iloc[:0]
     lines = plot.grad_norms(ax, empty)
     assert all(len(line.get_xdata()) == 0 for line in lines)
+
+
+def test_the_package_keeps_its_public_names():
+    assert set(plot.__all__) == {
+        "COST_COLUMNS", "cost_curves", "example_weights", "grad_norms", "history_of", "hyperparameter_colors",
+        "hyperparameter_names", "hyperparameter_scale", "hyperparameters", "losses", "metrics", "overview", "schedule",
+    }  # fmt: skip
+    assert all(callable(getattr(plot, name)) for name in plot.__all__ if name != "COST_COLUMNS")
+    assert plot.COST_COLUMNS == ("method", "T", "m", "seconds", "peak_bytes")
+    assert plot.METHOD_COLORS == {"reverse": "tab:blue", "forward": "tab:orange"}
 
 
 def test_import_hgkit_loads_neither_matplotlib_nor_ipywidgets():

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import mlp, mlp_init, rel_err, toy_data, tree_l2
+from helpers import QUICK_TO_COMPILE, mlp, mlp_init, rel_err, toy_data, tree_l2
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import hgkit as hg
@@ -43,29 +43,50 @@ def minibatch(t):
     return X[idx], Y[idx]
 
 
+T_LONG = 23  # 23 is prime: the segments never divide it, the remainder path runs
+CHECKPOINTED = {checkpoint: hg.Reverse(hvp=hvp, checkpoint=checkpoint) for checkpoint, hvp in [
+    ("sqrt", "reverse-over-reverse"), (7, "forward-over-reverse")]}  # fmt: skip
+TRUNCATED = {(K, checkpoint): hg.Reverse(truncate=K, checkpoint=checkpoint) for K, checkpoint in [
+    (T_LONG, None), (5, None), (12, 5)]}  # fmt: skip
+
+
 @functools.cache
-def full_reverse(T):
-    return run(hg.Reverse(), T, problem=PROBLEM)
+def reverse_runs():
+    """Every run of the two tests below (stored, checkpointed and truncated reverse mode over T_LONG steps, and
+    the truncated references), in one compiled call: one program compiles in far less time than one each."""
 
+    @functools.partial(jax.jit, compiler_options=QUICK_TO_COMPILE)
+    def runs(hp):
+        def result(method):
+            return hg.hypergradient_result(PROBLEM, hp, T_LONG, minibatch, (XV, YV), method=method)
 
-def run(method, T, train=minibatch, hp=HP, problem=None):
-    fn = jax.jit(lambda h: hg.hypergradient_result(problem or PROBLEM, h, T, train, (XV, YV), method))
-    return fn(hp)
+        return (  # lists: the keys below mix types, which a pytree's dict keys may not
+            result(hg.Reverse()),
+            [result(m) for m in CHECKPOINTED.values()],
+            [result(m) for m in TRUNCATED.values()],
+            [truncated_reference(PROBLEM, hp, T_LONG, K, minibatch) for K, _ in TRUNCATED if K < T_LONG],
+        )
+
+    full, checkpointed, truncated, references = jax.device_get(runs(HP))
+    return (
+        full,
+        dict(zip(CHECKPOINTED, checkpointed, strict=True)),
+        dict(zip(TRUNCATED, truncated, strict=True)),
+        dict(zip([K for K, _ in TRUNCATED if K < T_LONG], references, strict=True)),
+    )
 
 
 def test_checkpointed_reverse_equals_stored_reverse():
-    problem, T = PROBLEM, 23  # 23 is prime: the segments never divide it, the remainder path runs
-    full = full_reverse(T)
-    for checkpoint, hvp in [("sqrt", "reverse-over-reverse"), (7, "forward-over-reverse")]:
-        ckpt = run(hg.Reverse(hvp=hvp, checkpoint=checkpoint), T, problem=problem)
+    full, checkpointed, _, _ = reverse_runs()
+    for checkpoint, ckpt in checkpointed.items():
         assert rel_err(ckpt.grads, full.grads) < 1e-12, checkpoint
         np.testing.assert_allclose(ckpt.train_losses, full.train_losses, rtol=1e-13)
-        assert int(ckpt.diverged_at) == int(full.diverged_at) == -1
+        assert int(ckpt.failure) == int(full.failure) == hg.Failure.NONE
         assert rel_err(ckpt.state.params, full.state.params) < 1e-13
 
 
 def truncated_reference(problem, hp, T, K, train):
-    """jax.grad of the unrolled run with the state at step T − K held constant (stop_gradient)."""
+    """jax.grad of the unrolled run with the state at step T − K held constant (stop_gradient); traceable."""
 
     def f(h):
         state = hg.initial_state(problem, h, None)
@@ -78,16 +99,16 @@ def truncated_reference(problem, hp, T, K, train):
         state, _ = jax.lax.scan(step, state, jnp.arange(T - K, T, dtype=jnp.int32))
         return problem.val_loss(state.params, h, (XV, YV))
 
-    return jax.jit(jax.grad(f))(hp)
+    return jax.grad(f)(hp)
 
 
 def test_truncated_reverse():
-    problem, T = PROBLEM, 23
-    full = full_reverse(T)
-    assert rel_err(run(hg.Reverse(truncate=T), T, problem=problem).grads, full.grads) < 1e-13
+    full, _, truncated, references = reverse_runs()
+    assert rel_err(truncated[T_LONG, None].grads, full.grads) < 1e-13
     for K, checkpoint in [(5, None), (12, 5)]:
-        res = run(hg.Reverse(truncate=K, checkpoint=checkpoint), T, problem=problem)
-        ref = truncated_reference(problem, HP, T, K, minibatch)
+        res = truncated[K, checkpoint]
+        ref = references[K]
+        assert int(res.failure) == hg.Failure.NONE
         assert rel_err(res.grads, ref) < 1e-12, (K, checkpoint)
         # Truncation changes the hypergradient (the test would not see a method ignoring K) but not the run.
         assert rel_err(res.grads, full.grads) > 1e-3
@@ -125,16 +146,26 @@ def test_implicit_quadratic_against_closed_form():
     analytic = -2 * (w_star - B) * A / (1 + E) ** 2
     # The numbers quoted in issue 6 are this closed form (no sign or ½ difference).
     np.testing.assert_allclose(analytic, [0.0, 0.28290681, 36.6, 51.66040571], atol=1e-8)
-    for method in (hg.Implicit(), hg.Implicit(solver="neumann", alpha=0.2, iterations=400, tol=1e-12)):
-        value, g = hg.hypergradient(QUADRATIC, {"lam": E}, 100, A, B, method=method)
-        np.testing.assert_allclose(g["lam"], analytic, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(value, jnp.sum((w_star - B) ** 2), rtol=1e-12)
+    implicit = (hg.Implicit(), hg.Implicit(solver="neumann", alpha=0.2, iterations=400, tol=1e-12))
+    unrolled = (hg.Reverse(), hg.Forward(), hg.Reverse(checkpoint="sqrt"))
+
+    @functools.partial(jax.jit, compiler_options=QUICK_TO_COMPILE)
+    def every(hp):  # all the runs of this test, in one compiled call
+        def result(T, method):
+            return hg.hypergradient_result(QUADRATIC, hp, T, A, B, method=method)
+
+        return [result(100, m) for m in implicit], [result(150, m) for m in unrolled], result(5, hg.Reverse())
+
+    implicit_runs, unrolled_runs, short = jax.device_get(every({"lam": E}))
+    for method, res in zip(implicit, implicit_runs, strict=True):
+        assert int(res.failure) == hg.Failure.NONE, method
+        np.testing.assert_allclose(res.grads["lam"], analytic, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(res.value, jnp.sum((w_star - B) ** 2), rtol=1e-12)
     # Long unrolled runs converge to the derivative of the minimiser.
-    for method in (hg.Reverse(), hg.Forward(), hg.Reverse(checkpoint="sqrt")):
-        _, g = hg.hypergradient(QUADRATIC, {"lam": E}, 150, A, B, method=method)
-        np.testing.assert_allclose(g["lam"], analytic, rtol=1e-9, atol=1e-12)
-    _, short = hg.hypergradient(QUADRATIC, {"lam": E}, 5, A, B)
-    assert rel_err(short["lam"], analytic) > 1e-2  # and a short one does not: the comparison has teeth
+    for method, res in zip(unrolled, unrolled_runs, strict=True):
+        assert int(res.failure) == hg.Failure.NONE, method
+        np.testing.assert_allclose(res.grads["lam"], analytic, rtol=1e-9, atol=1e-12)
+    assert rel_err(short.grads["lam"], analytic) > 1e-2  # and a short one does not: the comparison has teeth
 
 
 def test_implicit_ridge_against_closed_form():
@@ -150,31 +181,40 @@ def test_implicit_ridge_against_closed_form():
         val_loss=lambda w, hp, b: jnp.mean((b[0] @ w - b[1]) ** 2),
         optimizer=hg.optim.momentum(0.3, 0.5),
     )
+    implicit = jax.jit(  # compiled once, run for both values
+        lambda hp: hg.hypergradient_result(problem, hp, 300, (xt, yt), (xv, yv), method=hg.Implicit()),
+        compiler_options=QUICK_TO_COMPILE,
+    )
     for log_wd in (-2.0, 0.5):
         lam = np.exp(log_wd)
         w = ridge_solution(xt, yt, lam)
         dw = -np.linalg.solve(xt.T @ xt / n + lam * np.eye(5), w) * lam  # d w*/d log λ
         analytic = 2 * (xv @ w - yv) @ xv @ dw / len(yv)
-        res = hg.hypergradient_result(problem, {"log_wd": jnp.asarray(log_wd)}, 300, (xt, yt), (xv, yv), hg.Implicit())
+        res = implicit({"log_wd": jnp.asarray(log_wd)})
         np.testing.assert_allclose(res.state.params, w, rtol=1e-10)
         np.testing.assert_allclose(res.grads["log_wd"], analytic, rtol=1e-8)
-        assert float(res.solve_residual) <= 1e-6 and int(res.grad_diverged_at) == -1
+        assert float(res.solve_residual) <= 1e-6 and int(res.failure) == hg.Failure.NONE
 
 
 def test_implicit_failures_are_reported_not_zeroed():
     hp = {"lam": E}
+    unstable = hg.BilevelProblem(QUADRATIC.init, QUADRATIC.train_loss, QUADRATIC.val_loss, hg.optim.sgd(5.0))
+    res, blown = jax.jit(  # the pure form of both failures, in one compiled call
+        lambda hp: (
+            hg.hypergradient_result(QUADRATIC, hp, 100, A, B, method=hg.Implicit(iterations=1)),
+            hg.hypergradient_result(unstable, hp, 1000, A, B, method=hg.Implicit()),
+        ),
+        compiler_options=QUICK_TO_COMPILE,
+    )(hp)
     # Too few iterations: the residual stays above tol; flagged, and hg.hypergradient names it.
-    res = hg.hypergradient_result(QUADRATIC, hp, 100, A, B, hg.Implicit(iterations=1))
-    assert int(res.grad_diverged_at) == 100 and float(res.solve_residual) > 1e-6
+    assert int(res.failure) == hg.Failure.SOLVE_NOT_CONVERGED and float(res.solve_residual) > 1e-6
     with pytest.raises(hg.DivergenceError, match=r"did not converge: relative residual .* = 0\.\d+"):
         hg.hypergradient(QUADRATIC, hp, 100, A, B, method=hg.Implicit(iterations=1))
     # A Neumann step too large for the Hessian (eigenvalues up to 4, α = 1): the series diverges.
     with pytest.raises(hg.DivergenceError, match="did not converge"):
         hg.hypergradient(QUADRATIC, hp, 100, A, B, method=hg.Implicit(solver="neumann", alpha=1.0))
     # A training run that blows up is reported as such.
-    unstable = hg.BilevelProblem(QUADRATIC.init, QUADRATIC.train_loss, QUADRATIC.val_loss, hg.optim.sgd(5.0))
-    res = hg.hypergradient_result(unstable, hp, 1000, A, B, hg.Implicit())
-    assert int(res.diverged_at) >= 0
+    assert int(blown.failure) == hg.Failure.TRAINING_NONFINITE and int(blown.failed_at) >= 0
     with pytest.raises(hg.DivergenceError, match="training run went non-finite"):
         hg.hypergradient(unstable, hp, 1000, A, B, method=hg.Implicit())
     for bad in ({"solver": "lu"}, {"iterations": 0}, {"tol": -1.0}, {"alpha": 0}):
@@ -192,7 +232,12 @@ def test_implicit_uses_the_last_batch_of_a_callable():
         optimizer=hg.optim.sgd(0.2),
     )
     T = 80
-    res = hg.hypergradient_result(problem, {"lam": E}, T, lambda t: jnp.where(t == T - 1, 2.0, 1.0), B, hg.Implicit())
+    res = jax.jit(
+        lambda hp: hg.hypergradient_result(
+            problem, hp, T, lambda t: jnp.where(t == T - 1, 2.0, 1.0), B, method=hg.Implicit()
+        ),
+        compiler_options=QUICK_TO_COMPILE,
+    )({"lam": E})
     w = res.state.params
     # v = H⁻¹ ∂E/∂w with H = diag(2 + λ), and ∂²L/∂λᵢ∂wᵢ = wᵢ.
     expected = -w * 2 * (w - B) / (2 + E)
@@ -212,8 +257,14 @@ def test_data_parallel_inner_run_matches_single_device():
     train = (jax.device_put(X, batch), jax.device_put(Y, batch))
     hp = jax.device_put(HP, replicated)
     assert len(train[0].sharding.device_set) == 4
-    for method in (hg.Reverse(checkpoint="sqrt"), hg.Implicit(iterations=200, tol=1e-8)):
-        v1, g1 = hg.hypergradient(problem, HP, 30, (X, Y), (XV, YV), method=method)
+    methods = (hg.Reverse(checkpoint="sqrt"), hg.Implicit(iterations=200, tol=1e-8))
+    single = jax.jit(  # on one device, both methods in one compiled call
+        lambda h: [hg.hypergradient_result(problem, h, 30, (X, Y), (XV, YV), method=m) for m in methods],
+        compiler_options=QUICK_TO_COMPILE,
+    )(HP)
+    for method, one in zip(methods, single, strict=True):
+        assert int(one.failure) == hg.Failure.NONE, method
+        v1, g1 = one.value, one.grads
         v4, g4 = hg.hypergradient(problem, hp, 30, train, (XV, YV), method=method)
         assert rel_err(g4, g1) < 1e-10 and abs(float(v4) - float(v1)) < 1e-12 * abs(float(v1))
 
@@ -229,7 +280,9 @@ def test_population_by_vmap_matches_separate_runs():
 
     @jax.jit
     def population(hps):
-        return jax.vmap(lambda h: hg.hypergradient_result(problem, h, 15, minibatch, (XV, YV), hg.Reverse()))(hps)
+        return jax.vmap(lambda h: hg.hypergradient_result(problem, h, 15, minibatch, (XV, YV), method=hg.Reverse()))(
+            hps
+        )
 
     res = population(pop)
     hg.raise_if_diverged(res, 15, pop)
@@ -246,7 +299,10 @@ def test_population_by_vmap_matches_separate_runs():
         assert abs(float(res.value[i]) - float(v)) < 1e-13
     # Implicit is vmap-friendly too (its while-loop solves run until every member has converged).
     lam = jnp.stack([E, 2 * E])
-    many = jax.vmap(lambda l: hg.hypergradient_result(QUADRATIC, {"lam": l}, 100, A, B, hg.Implicit()))(lam)
+    many = jax.jit(
+        jax.vmap(lambda l: hg.hypergradient_result(QUADRATIC, {"lam": l}, 100, A, B, method=hg.Implicit())),
+        compiler_options=QUICK_TO_COMPILE,
+    )(lam)
     for i in range(2):
         _, g = hg.hypergradient(QUADRATIC, {"lam": lam[i]}, 100, A, B, method=hg.Implicit())
         np.testing.assert_allclose(many.grads["lam"][i], g["lam"], rtol=1e-12)
@@ -263,10 +319,15 @@ def test_loop_stops_on_an_unconverged_implicit_solve():
     opt = hg.HyperOptimizer(QUADRATIC, method=hg.Implicit(iterations=1), hyper_optimizer=optax.sgd(0.01))
     with pytest.raises(hg.HyperDivergenceError, match="hyper-iteration 0") as info:
         opt.run({"lam": E}, 3, 100, A, B, callbacks=[Hook()], progress=False)
-    assert info.value.step == 100 and len(info.value.result.history) == 0
+    # The loop says what hg.hypergradient says: the solve did not converge, with its residual (no inner step).
+    assert info.value.failure == hg.Failure.SOLVE_NOT_CONVERGED and info.value.step is None
+    assert re.search(r"linear solve .* did not converge: relative residual .* = \d", str(info.value))
+    assert "inner step" not in str(info.value) and len(info.value.result.history) == 0
     # Callbacks (a dashboard) hear how the run ended, with the history so far.
     assert [r.stopped for r in ended] == ["diverged"] and ended[0] is info.value.result
     # With a converging solve the same loop runs and lowers the validation loss.
-    good = hg.HyperOptimizer(QUADRATIC, hg.Implicit(), optax.sgd(1e-3), constraints={"lam": hg.constraints.positive()})
+    good = hg.HyperOptimizer(
+        QUADRATIC, method=hg.Implicit(), hyper_optimizer=optax.sgd(1e-3), constraints={"lam": hg.constraints.positive()}
+    )
     history = good.run({"lam": E}, 3, 100, A, B, progress=False).history
     assert history.val_loss.iloc[-1] < history.val_loss.iloc[0]

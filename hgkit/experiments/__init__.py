@@ -1,14 +1,29 @@
-"""The paper's experiments, one module each.
+"""The paper's experiments, one module each, on one scaffold; this package owns the registry of their names.
 
 Every experiment module has:
 
 * ``NAME`` (as typed on the command line) and ``TITLE``;
-* ``Config``, a frozen dataclass, and three instances: ``SMOKE`` (tests: well under a minute on 2 cores),
-  ``DEFAULT`` (what ``hgkit reproduce NAME`` runs: minutes) and ``FULL`` (the published figures);
-* ``run(config, progress=True) -> results`` and ``write_report(results, out_dir) -> list[Path]``, which writes the
-  results table as Markdown and CSV and the figures as PNG, and returns the paths.
+* ``Config``, a frozen dataclass checked on construction (``_config``), and three instances: ``SMOKE`` (tests:
+  well under a minute on 2 cores), ``DEFAULT`` (what ``hgkit reproduce NAME`` runs: minutes) and ``FULL`` (the
+  published figures);
+* ``run(config, progress=True) -> Results``: the seeded experiments repeat one function per seed through the shared
+  seed loop (``_report.over_seeds``) into one table with a row per seed; ``Results.summary()`` is what the
+  command line prints;
+* ``write_report(results, out_dir) -> list[Path]``, which writes ``NAME.md`` (the table, then notes such as the means
+  over seeds) and ``NAME.csv`` (the table at full precision) with ``_report.write_tables``, and the figures as
+  ``NAME*.png`` with ``_report.save_figure``, and returns the paths.
+
+What they share lives in the private modules: ``_config`` (the configs' checks), ``_data`` (the packaged MNIST
+cut to size), ``_models`` (MLP, linear model, losses, plain training by :func:`hgkit.unroll`), ``_measure`` (what
+a hypergradient costs in memory and time) and ``_report`` (seed loop, tables and figures).
 
 Modules are imported on demand, so listing them costs nothing.
+
+Example:
+    >>> list(EXPERIMENTS)
+    ['hyper-cleaning', 'real-time', 'task-interactions', 'cost', 'lr-schedules']
+    >>> load("cost").NAME
+    'cost'
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ EXPERIMENTS = {
     "real-time": "hgkit.experiments.realtime_tuning",
     "task-interactions": "hgkit.experiments.task_interactions",
     "cost": "hgkit.experiments.cost",
+    "lr-schedules": "hgkit.experiments.lr_schedules",
 }
 
 

@@ -1,8 +1,32 @@
-"""Checks shared by the experiments' frozen configs: each error names the field, what it needs and what came."""
+"""What the experiments' frozen configs share: the checks of their fields. Each error names the field, what it
+needs and what came, so a bad ``--set FIELD=VALUE`` on the command line says what to fix.
+
+Example:
+    >>> import dataclasses
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Config:
+    ...     n_train: int = 100
+    ...     lr: float = 0.1
+    ...     seeds: tuple = (0,)
+    ...     def __post_init__(self):
+    ...         check_positive_ints(self, ("n_train",))
+    ...         check_split_sizes(self, ("n_train",))
+    ...         check_positive_numbers(self, ("lr",))
+    ...         check_seeds(self)
+    >>> Config(n_train=6000)
+    Traceback (most recent call last):
+    ...
+    ValueError: Config.n_train must be at most 5000 (the packaged split); got 6000
+    >>> Config(lr=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Config.lr must be a positive number; got 0
+"""
 
 from __future__ import annotations
 
-from ..hypergrad._common import positive_int
+from .._checks import positive_int, positive_number
+from ._data import SIZES
 
 
 def check_positive_ints(config, names) -> None:
@@ -11,6 +35,22 @@ def check_positive_ints(config, names) -> None:
         value = getattr(config, name)
         if not positive_int(value):
             raise ValueError(f"Config.{name} must be a positive int; got {value!r}")
+
+
+def check_positive_numbers(config, names) -> None:
+    """Every field in ``names`` is a number greater than 0."""
+    for name in names:
+        value = getattr(config, name)
+        if not positive_number(value):
+            raise ValueError(f"Config.{name} must be a positive number; got {value!r}")
+
+
+def check_split_sizes(config, names) -> None:
+    """Every field in ``names`` (``n_train``, ``n_val``, ``n_test``) asks for at most the packaged MNIST set's size."""
+    for name in names:
+        value = getattr(config, name)
+        if value > SIZES[name]:
+            raise ValueError(f"Config.{name} must be at most {SIZES[name]} (the packaged split); got {value}")
 
 
 def check_seeds(config) -> None:

@@ -1,4 +1,6 @@
-"""What the experiments' reports share: a DataFrame as a Markdown table, the table files, and saving figures.
+"""What the experiments' reports share: the seed loop (:func:`over_seeds`) and the means over seeds
+(:func:`mean_over_seeds`), a DataFrame as a Markdown table, the table files (``NAME.md``, ``NAME.csv``) and the
+figures (``NAME*.png``).
 
 Example:
     >>> import pandas as pd
@@ -6,6 +8,9 @@ Example:
     | method | seconds | steps |
     |---|---|---|
     | reverse | 0.0123 | 3000 |
+    >>> table, rest = over_seeds((0, 1), lambda seed: (pd.DataFrame({"seed": [seed], "error": [0.1 * seed]}), seed**2))
+    >>> table["error"].tolist(), rest
+    ([0.0, 0.1], {0: (0,), 1: (1,)})
 """
 
 from __future__ import annotations
@@ -63,9 +68,12 @@ def mean_over_seeds(table, columns, spread=()):
 
 
 def over_seeds(seeds, one_seed):
-    """Call ``one_seed(seed) -> (table, *rest)`` for each seed: the tables concatenated, and the first seed's rest
-    (what the figures are drawn from)."""
+    """Call ``one_seed(seed) -> (table, *rest)`` for each seed: the tables concatenated, and each seed's rest as
+    ``{seed: rest}`` (what the figures are drawn from)."""
     import pandas as pd
 
-    outputs = [one_seed(seed) for seed in seeds]
-    return pd.concat([out[0] for out in outputs], ignore_index=True), outputs[0][1:]
+    outputs = [(seed, one_seed(seed)) for seed in seeds]
+    rests = {}
+    for seed, out in outputs:
+        rests.setdefault(seed, out[1:])
+    return pd.concat([out[0] for _, out in outputs], ignore_index=True), rests

@@ -19,11 +19,15 @@ pushes the m tangents in parallel, so there forward mode's time stays nearly fla
 batch of Gaussian inputs with random labels, trained by heavy-ball momentum (μ = 0.9) with m learning rates: entry
 j of every weight array uses ``lr[j mod m]`` (parameter groups). The state is the weights and the velocity.
 
-**How it is measured.** Each point is compiled once (``jax.jit(f).lower(...).compile()``): its memory is the
-compiled program's ``temp + output`` bytes from ``memory_analysis()`` (exact, deterministic, no timing noise; the
+**How it is measured.** By :func:`hgkit.experiments._measure.measure_hypergradient`, the definition the classroom's
+cost widget shares: each point is compiled once (``jax.jit(f).lower(...).compile()``); its memory is the compiled
+program's ``temp + output`` bytes from ``memory_analysis()`` (exact, deterministic, no timing noise; the
 arguments, the same for every method, are left out); its time is the fastest of ``repeats`` calls after a warm-up
 call (compilation excluded; the fastest, not the median, because other processes on a shared machine only ever
 add time). Three sweeps share one base point ``(T, m, width)``: T varies, then m, then width.
+
+This module owns the cost problem, the sweeps, the claims checked against them and the report (``cost.md``,
+``cost.csv``, ``cost.png``).
 
 Example:
     >>> from hgkit.experiments import cost
@@ -39,7 +43,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from pathlib import Path
 
 import jax
@@ -49,8 +52,9 @@ import pandas as pd
 
 import hgkit as hg
 
-from ..hypergrad._common import positive_int
+from .._checks import positive_int
 from ._config import check_positive_ints
+from ._measure import measure_hypergradient
 from ._models import cross_entropy, mlp
 from ._report import markdown_table, save_figure, write_tables
 
@@ -152,28 +156,18 @@ def problem_and_data(inputs: int, width: int, classes: int, examples: int, dtype
 
 
 def measure(config: Config, method: str, T: int, m: int, width: int) -> dict:
-    """One row of the cost table: compile, read the compiled memory, time ``config.repeats`` calls."""
+    """One row of the cost table: the hypergradient's compiled memory and time (``config.repeats`` calls)."""
     problem, train, val, state_numbers = problem_and_data(
         config.inputs, width, config.classes, config.examples, config.dtype, config.seed
     )
     hparams = {"lr": jnp.full((m,), 0.05, config.dtype)}
-    how = METHODS[method]
-    fn = jax.jit(lambda hp, tr, va: hg.hypergradient_result(problem, hp, T, tr, va, method=how)[:2])
-    compiled = fn.lower(hparams, train, val).compile()
-    stats = compiled.memory_analysis()
-    peak = int(stats.temp_size_in_bytes + stats.output_size_in_bytes)
-    jax.block_until_ready(compiled(hparams, train, val))  # warm-up
-    times = []
-    for _ in range(config.repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(hparams, train, val))
-        times.append(time.perf_counter() - start)
+    cost = measure_hypergradient(problem, hparams, T, train, val, method=METHODS[method], repeats=config.repeats)
     return {
         "method": method,
         "T": T,
         "m": m,
-        "seconds": float(np.min(times)),
-        "peak_bytes": peak,
+        "seconds": cost["seconds"],
+        "peak_bytes": cost["peak_bytes"],
         "width": width,
         "state_numbers": state_numbers,
         "state_bytes": state_numbers * np.dtype(config.dtype).itemsize,

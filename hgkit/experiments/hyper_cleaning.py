@@ -19,13 +19,22 @@ Reported on the 10,000 test images, for each budget R and seed:
 plus precision, recall and F1 of the corrupted-example detection. Every model is trained by the same T steps of
 gradient descent on the mean loss over the examples it uses.
 
+This module owns the experiment's config, problem, detection scores, run and report; the seed loop, config checks,
+models, data and report files are the ones every experiment shares (``_report``, ``_config``, ``_models``,
+``_data``). The report is ``hyper-cleaning.md`` and ``.csv`` (one row per budget and seed; the means over seeds
+in the Markdown) and ``hyper-cleaning.png``.
+
 Example:
     >>> from hgkit.experiments import hyper_cleaning
     >>> config = hyper_cleaning.Config(n_train=200, n_val=200, n_test=200, n_corrupt=100, T=5,
     ...                                hyper_iterations=2, budgets=(100,), seeds=(0,))
     >>> results = hyper_cleaning.run(config, progress=False)
-    >>> len(results.runs), sorted(results.runs.columns)[:3]
+    >>> len(results.table), sorted(results.table.columns)[:3]
     (1, ['baseline_accuracy', 'budget', 'cleaned_accuracy'])
+    >>> hyper_cleaning.Config(budgets=(6000.0,))
+    Traceback (most recent call last):
+    ...
+    ValueError: Config.budgets must be a non-empty tuple of numbers in (0, n_train=5000]; got (6000.0,)
 """
 
 from __future__ import annotations
@@ -33,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,17 +50,22 @@ import optax
 import pandas as pd
 
 from .. import optim
+from .._checks import positive_number
 from ..constraints import capped_simplex
-from ..datasets.mnist import corrupt_labels, hyper_cleaning_mnist
+from ..datasets.mnist import corrupt_labels
 from ..hypergrad import Reverse
 from ..outer import HyperOptimizer
-from ..problem import BilevelProblem, initial_state
-from ._models import train_steps
-from ._report import markdown_table
+from ..problem import BilevelProblem
+from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
+from ._data import mnist
+from ._models import accuracy, cross_entropies, linear, linear_init, plain_training
+from ._report import markdown_table, over_seeds, save_figure, write_tables
 
 NAME = "hyper-cleaning"
 TITLE = "Data hyper-cleaning on MNIST (Franceschi et al. 2017, §5.1)"
 NUM_CLASSES = 10
+ACCURACIES = ("baseline_accuracy", "oracle_accuracy", "cleaned_accuracy", "weighted_accuracy")
+DETECTION = ("precision", "recall", "f1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,25 +86,21 @@ class Config:
     dtype: str = "float32"
 
     def __post_init__(self):
-        checks = {
-            "n_train": self.n_train >= 1,
-            "n_val": self.n_val >= 1,
-            "n_test": self.n_test >= 1,
-            "T": self.T >= 1,
-            "hyper_iterations": self.hyper_iterations >= 1,
-            "lr": self.lr > 0,
-            "hyper_lr": self.hyper_lr > 0,
-            "seeds": len(self.seeds) >= 1,
-            "budgets": len(self.budgets) >= 1 and all(0 < r <= self.n_train for r in self.budgets),
-            "n_corrupt": 0 <= self.n_corrupt < self.n_train,
-            "threshold": 0 < self.threshold < 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
+        check_positive_ints(self, ("n_train", "n_val", "n_test", "T", "hyper_iterations"))
+        check_split_sizes(self, ("n_train", "n_val", "n_test"))
+        check_positive_numbers(self, ("lr", "hyper_lr"))
+        check_seeds(self)
+        if not self.budgets or not all(positive_number(r) and r <= self.n_train for r in self.budgets):
             raise ValueError(
-                f"hyper_cleaning.Config: invalid {bad[0]}={getattr(self, bad[0])!r} (budgets must lie in "
-                f"(0, n_train], n_corrupt in [0, n_train), threshold in (0, 1), sizes and steps positive)"
+                f"Config.budgets must be a non-empty tuple of numbers in (0, n_train={self.n_train}]; "
+                f"got {self.budgets!r}"
             )
+        if not (isinstance(self.n_corrupt, int) and 0 <= self.n_corrupt < self.n_train):
+            raise ValueError(f"Config.n_corrupt must be an int in [0, n_train={self.n_train}); got {self.n_corrupt!r}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"Config.threshold must be in (0, 1); got {self.threshold!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"Config.dtype must be 'float32' or 'float64'; got {self.dtype!r}")
 
 
 # Tests: seconds. The README's main job: one seed, R = 2500, a shorter horizon (minutes on 2 cores).
@@ -104,43 +113,37 @@ FULL = Config(
 )
 
 
-# ----- the model ----------------------------------------------------------------------------------------------
-
-
-def _logits(w, x):
-    return x @ w["W"] + w["b"]
-
-
-def _cross_entropy(w, x, y):
-    return -jnp.take_along_axis(jax.nn.log_softmax(_logits(w, x)), y[:, None], axis=1)[:, 0]
+# ----- the problem --------------------------------------------------------------------------------------------
 
 
 def make_problem(n_features: int, lr: float, dtype) -> BilevelProblem:
     """Softmax regression from zero weights; the per-example weights ``hp["weights"]`` scale the training loss."""
 
-    def init(hp, key):
-        return {"W": jnp.zeros((n_features, NUM_CLASSES), dtype), "b": jnp.zeros(NUM_CLASSES, dtype)}
-
     def train_loss(w, hp, batch):
         x, y = batch
-        return jnp.mean(hp["weights"] * _cross_entropy(w, x, y))
+        return jnp.mean(hp["weights"] * cross_entropies(linear(w, x), y))
 
     def val_loss(w, hp, batch):
-        return jnp.mean(_cross_entropy(w, *batch))
+        x, y = batch
+        return jnp.mean(cross_entropies(linear(w, x), y))
 
-    return BilevelProblem(init=init, train_loss=train_loss, val_loss=val_loss, optimizer=optim.sgd(lr))
+    return BilevelProblem(
+        init=lambda hp, key: linear_init(n_features, NUM_CLASSES, dtype),
+        train_loss=train_loss,
+        val_loss=val_loss,
+        optimizer=optim.sgd(lr),
+    )
 
 
 def train(problem: BilevelProblem, weights, T: int, train_data):
     """The weights after T steps of training with per-example ``weights`` (no hypergradient)."""
-    hp = {"weights": weights}
-    state, _ = train_steps(problem, initial_state(problem, hp, None), hp, jnp.int32(0), T, train_batch=train_data)
-    return state.params
+    return plain_training(problem, {"weights": weights}, train_data, T).state.params
 
 
 @jax.jit
-def accuracy(params, x, y):
-    return jnp.mean(jnp.argmax(_logits(params, x), axis=1) == y)
+def accuracy_of(params, x, y):
+    """The softmax regression's accuracy on ``(x, y)``."""
+    return accuracy(linear(params, x), y)
 
 
 def mean_over(mask) -> np.ndarray:
@@ -160,71 +163,19 @@ def detection(weights, corrupted, threshold: float) -> dict[str, float]:
     return {"precision": float(precision), "recall": float(recall), "f1": float(f1), "flagged": int(flagged.sum())}
 
 
-# ----- the experiment -----------------------------------------------------------------------------------------
+def load_data(config: Config):
+    """The packaged split's first ``n_train`` / ``n_val`` / ``n_test`` images (clean labels), as device arrays."""
+    return mnist(train=config.n_train, val=config.n_val, test=config.n_test, dtype=config.dtype)
 
 
-@dataclasses.dataclass
-class Results:
-    """One row per (budget, seed) in ``runs``; the loop's histories and final weights for the figures."""
-
-    config: Config
-    runs: pd.DataFrame
-    histories: dict[tuple[float, int], pd.DataFrame]
-    weights: dict[tuple[float, int], np.ndarray]
-    corrupted: dict[int, np.ndarray]
-
-    def table(self) -> pd.DataFrame:
-        """Mean ± std over seeds, one row per budget R (accuracies in %)."""
-        rows = []
-        for budget, group in self.runs.groupby("budget"):
-            row: dict[str, Any] = {"R": int(budget) if float(budget).is_integer() else budget, "seeds": len(group)}
-            for col in ("baseline_accuracy", "oracle_accuracy", "cleaned_accuracy", "weighted_accuracy"):
-                values = 100 * group[col]
-                row[col.replace("_accuracy", " acc. (%)")] = _pm(values)
-            for col in ("precision", "recall", "f1"):
-                row[col] = _pm(group[col], digits=3)
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-    def summary(self) -> str:
-        c = self.config
-        head = (
-            f"{c.n_corrupt} of {c.n_train} training labels corrupted; T={c.T}, lr={c.lr}, "
-            f"{c.hyper_iterations} hyper-iterations of Adam({c.hyper_lr}); corrupted if λ < {c.threshold}"
-        )
-        return head + "\n\n" + self.table().to_string(index=False)
+# ----- the runs -----------------------------------------------------------------------------------------------
 
 
-def _pm(values, digits: int = 2) -> str:
-    values = np.asarray(values, float)
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
-def _data(config: Config):
-    split = hyper_cleaning_mnist(np.dtype(config.dtype))
-    return (
-        (split.x_train[: config.n_train], split.y_train[: config.n_train]),
-        (split.x_val[: config.n_val], split.y_val[: config.n_val]),
-        (split.x_test[: config.n_test], split.y_test[: config.n_test]),
-    )
-
-
-def run(config: Config = DEFAULT, progress: bool = True, callbacks=()) -> Results:
-    """Every budget and seed of ``config``; see the module docstring for what is measured."""
-    (x_train, y_clean), (x_val, y_val), (x_test, y_test) = _data(config)
-    dtype = np.dtype(config.dtype)
-    problem = make_problem(x_train.shape[1], config.lr, dtype)
-    val_data = (jnp.asarray(x_val), jnp.asarray(y_val))
-    x_train, x_test, y_test = jnp.asarray(x_train), jnp.asarray(x_test), jnp.asarray(y_test)
-
-    def test_accuracy(weights, y_train):
-        params = train(problem, jnp.asarray(weights, dtype), config.T, (x_train, y_train))
-        return float(accuracy(params, x_test, y_test))
-
-    # One optimizer per budget, shared by the seeds: the compiled step is cached on these objects' identity.
-    optimizers = {
+def setup(config: Config, n_features: int):
+    """The problem, and one loop per budget (reverse mode, Adam, the exact projection onto the capped simplex),
+    shared by the seeds: the compiled steps are cached on these objects' identity."""
+    problem = make_problem(n_features, config.lr, np.dtype(config.dtype))
+    loops = {
         budget: HyperOptimizer(
             problem,
             method=Reverse(),
@@ -233,71 +184,136 @@ def run(config: Config = DEFAULT, progress: bool = True, callbacks=()) -> Result
         )
         for budget in config.budgets
     }
-    rows, histories, learned, corrupted = [], {}, {}, {}
-    for seed in config.seeds:
-        noisy, mask = corrupt_labels(y_clean, config.n_corrupt, NUM_CLASSES, seed=seed)
-        corrupted[seed] = mask
-        y_train = jnp.asarray(noisy)
-        baseline = test_accuracy(np.ones(config.n_train), y_train)
-        oracle = test_accuracy(mean_over(~mask), y_train)
-        for budget, optimizer in optimizers.items():
-            # The feasible start closest to "trust everyone": the projection of λ = 1, i.e. R/N everywhere.
-            start = {"weights": jnp.full(config.n_train, min(1.0, budget / config.n_train), dtype)}
-            started = time.perf_counter()
-            result = optimizer.run(
-                start,
-                hyper_iterations=config.hyper_iterations,
-                T=config.T,
-                train_data=(x_train, y_train),
-                val_data=val_data,
-                callbacks=callbacks,
-                progress=progress,
-            )
-            weights = np.asarray(result.hparams["weights"])
-            det = detection(weights, mask, config.threshold)
-            kept = weights >= config.threshold
-            rows.append(
-                {
-                    "budget": float(budget),
-                    "seed": seed,
-                    "baseline_accuracy": baseline,
-                    "oracle_accuracy": oracle,
-                    "cleaned_accuracy": test_accuracy(mean_over(kept), y_train),
-                    "weighted_accuracy": test_accuracy(weights, y_train),
-                    **det,
-                    "val_loss_start": float(result.history["val_loss"].iloc[0]),
-                    "val_loss_end": float(result.history["val_loss"].iloc[-1]),
-                    "seconds": time.perf_counter() - started,
-                }
-            )
-            histories[(float(budget), seed)] = result.history
-            learned[(float(budget), seed)] = weights
-    return Results(config, pd.DataFrame(rows), histories, learned, corrupted)
+    return problem, loops
 
 
-def write_report(results: Results, out_dir) -> list[Path]:
-    """``results.md`` (the table), ``runs.csv`` (every run) and the figures as PNG."""
-    from matplotlib.figure import Figure  # not pyplot: no backend is chosen or changed
+def run_one_seed(config: Config, data, problem, loops, seed: int, progress: bool, callbacks=()):
+    """Every budget on one seed's corrupted labels: the rows, and per budget the loop's history and the learned
+    weights, and the mask of the corrupted examples."""
+    dtype = np.dtype(config.dtype)
+    x_train, y_clean = data["train"]
+    x_test, y_test = data["test"]
 
+    def tested(weights, y_train):
+        params = train(problem, jnp.asarray(weights, dtype), config.T, (x_train, y_train))
+        return float(accuracy_of(params, x_test, y_test))
+
+    noisy, mask = corrupt_labels(np.asarray(y_clean), config.n_corrupt, NUM_CLASSES, seed=seed)
+    y_train = jnp.asarray(noisy)
+    baseline = tested(np.ones(config.n_train), y_train)
+    oracle = tested(mean_over(~mask), y_train)
+    rows, histories, learned = [], {}, {}
+    for budget, loop in loops.items():
+        # The feasible start closest to "trust everyone": the projection of λ = 1, i.e. R/N everywhere.
+        start = {"weights": jnp.full(config.n_train, min(1.0, budget / config.n_train), dtype)}
+        started = time.perf_counter()
+        result = loop.run(
+            start,
+            hyper_iterations=config.hyper_iterations,
+            T=config.T,
+            train_data=(x_train, y_train),
+            val_data=data["val"],
+            callbacks=callbacks,
+            progress=progress,
+        )
+        weights = np.asarray(result.hparams["weights"])
+        kept = weights >= config.threshold
+        rows.append(
+            {
+                "budget": float(budget),
+                "seed": seed,
+                "baseline_accuracy": baseline,
+                "oracle_accuracy": oracle,
+                "cleaned_accuracy": tested(mean_over(kept), y_train),
+                "weighted_accuracy": tested(weights, y_train),
+                **detection(weights, mask, config.threshold),
+                "val_loss_start": float(result.history["val_loss"].iloc[0]),
+                "val_loss_end": float(result.history["val_loss"].iloc[-1]),
+                "seconds": time.perf_counter() - started,
+            }
+        )
+        histories[float(budget)] = result.history
+        learned[float(budget)] = weights
+    return pd.DataFrame(rows), histories, learned, mask
+
+
+# ----- results ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """One row per budget and seed (``table``); every run's loop history and learned weights (``histories``,
+    ``weights``, keyed by ``(budget, seed)``) and each seed's corrupted examples (``corrupted``), for the figures."""
+
+    config: Config
+    table: pd.DataFrame
+    histories: dict[tuple[float, int], pd.DataFrame]
+    weights: dict[tuple[float, int], np.ndarray]
+    corrupted: dict[int, np.ndarray]
+
+    def means(self) -> pd.DataFrame:
+        """Mean ± std over seeds, one row per budget R in increasing order (accuracies in %).
+
+        Taken with NumPy per budget, as the published tables were: pandas' grouped mean sums in another order, and
+        a mean that falls on a tie of the displayed digits would then print one unit off.
+        """
+        rows = []
+        for budget, group in self.table.groupby("budget"):
+            row = {"R": int(budget) if float(budget).is_integer() else budget, "seeds": len(group)}
+            for col in ACCURACIES:
+                row[col.replace("_accuracy", " acc. (%)")] = _pm(100 * group[col], 2)
+            for col in DETECTION:
+                row[col] = _pm(group[col], 3)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def headline(self) -> tuple[float, int]:
+        """The run the figure shows: the largest budget, on the last seed."""
+        return max(self.weights)
+
+    def summary(self) -> str:
+        c = self.config
+        head = (
+            f"{c.n_corrupt} of {c.n_train} training labels corrupted; T={c.T}, lr={c.lr}, "
+            f"{c.hyper_iterations} hyper-iterations of Adam({c.hyper_lr}); corrupted if λ < {c.threshold}"
+        )
+        return head + "\n\n" + self.means().to_string(index=False)
+
+
+def _pm(values, digits: int) -> str:
+    """``mean ± std`` (sample standard deviation) of the seeds' values, or the value alone (one seed)."""
+    values = np.asarray(values, float)
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def run(config: Config = DEFAULT, progress: bool = True, callbacks=()) -> Results:
+    """Every budget and seed of ``config``; see the module docstring for what is measured."""
+    data = load_data(config)
+    problem, loops = setup(config, data["train"][0].shape[1])
+    table, per_seed = over_seeds(
+        config.seeds, lambda seed: run_one_seed(config, data, problem, loops, seed, progress, callbacks)
+    )
+    histories = {(b, s): h for s, (hs, _, _) in per_seed.items() for b, h in hs.items()}
+    weights = {(b, s): w for s, (_, ws, _) in per_seed.items() for b, w in ws.items()}
+    corrupted = {s: mask for s, (_, _, mask) in per_seed.items()}
+    return Results(config, table, histories, weights, corrupted)
+
+
+def draw(fig, results: Results) -> dict:
+    """The headline run's learned weights (clean against corrupted) and losses, and the test accuracies per budget
+    (mean over seeds)."""
     from .. import plot
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.md", out / "runs.csv"]
-    paths[0].write_text(f"# {TITLE}\n\n{results.summary().splitlines()[0]}\n\n{markdown_table(results.table())}\n")
-    results.runs.to_csv(paths[1], index=False)
-
-    (budget, seed) = max(results.weights)  # the largest budget, last seed: the headline run
-    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    budget, seed = results.headline()
     ax_w, ax_loss, ax_acc = fig.subplots(1, 3)
     groups = {"groups": results.corrupted[seed], "names": {True: "corrupted", False: "clean"}}
     plot.example_weights(ax_w, results.weights[(budget, seed)], **groups)
     ax_w.set_title(f"learned weights (R = {budget:g}, seed {seed})")
     plot.losses(ax_loss, results.histories[(budget, seed)])
     ax_loss.set_title("validation and training loss")
-    means = results.runs.groupby("budget")[
-        ["baseline_accuracy", "oracle_accuracy", "cleaned_accuracy", "weighted_accuracy"]
-    ].mean()
+    means = results.table.groupby("budget")[list(ACCURACIES)].mean()
     width = 0.2
     for i, col in enumerate(means.columns):
         ax_acc.bar(np.arange(len(means)) + (i - 1.5) * width, 100 * means[col], width, label=col.split("_")[0])
@@ -305,6 +321,19 @@ def write_report(results: Results, out_dir) -> list[Path]:
     ax_acc.set_ylabel("test accuracy (%)")
     ax_acc.set_ylim(max(0, 100 * means.values.min() - 10), 100)
     ax_acc.legend(fontsize="small")
-    paths.append(out / "hyper_cleaning.png")
-    fig.savefig(paths[-1], dpi=120)
+    return {"weights": ax_w, "losses": ax_loss, "accuracy": ax_acc}
+
+
+def write_report(results: Results, out_dir) -> list[Path]:
+    """``hyper-cleaning.md`` and ``.csv`` (every budget and seed; the Markdown adds the settings and the means over
+    seeds) and ``hyper-cleaning.png``."""
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    settings = results.summary().splitlines()[0]
+    notes = f"{settings}\n\n## Mean over seeds\n\n{markdown_table(results.means())}"
+    paths = write_tables(results.table, out_dir, NAME, TITLE, notes)
+    fig = plt.figure(figsize=(12, 3.6), layout="constrained")
+    draw(fig, results)
+    paths.append(save_figure(fig, out_dir / f"{NAME}.png"))
     return paths

@@ -19,6 +19,10 @@ accuracy): **independent** tasks (C = 0, the weight decay tuned in the same way)
 the starting wd (no tuning), and the **learned** C and wd. The paper's CIFAR data are not packaged, so this is
 the packaged MNIST split (clean labels).
 
+This module owns the experiment's config, the coupled problem, the three methods and the report
+(``task-interactions.md``, ``.csv``, ``.png``); seed loop, config checks, models, data and report files are the ones
+every experiment shares.
+
 Example:
     >>> import jax.numpy as jnp
     >>> from hgkit.experiments.task_interactions import interaction_matrix, coupling
@@ -44,9 +48,9 @@ import pandas as pd
 
 import hgkit as hg
 
-from ..datasets import hyper_cleaning_mnist
-from ._config import check_positive_ints, check_seeds
-from ._models import train_steps
+from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
+from ._data import mnist
+from ._models import accuracy, linear, linear_init, plain_training
 from ._report import markdown_table, mean_over_seeds, over_seeds, save_figure, write_tables
 
 NAME = "task-interactions"
@@ -88,11 +92,8 @@ class Config:
 
     def __post_init__(self):
         check_positive_ints(self, ("train_per_class", "val_per_class", "n_test", "T", "hyper_iterations"))
-        if self.n_test > 10000:
-            raise ValueError(f"Config.n_test must be at most 10000 (the packaged test set); got {self.n_test}")
-        for name in ("lr", "rho", "c_max", "wd0", "hyper_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"Config.{name} must be positive; got {getattr(self, name)!r}")
+        check_split_sizes(self, ("n_test",))
+        check_positive_numbers(self, ("lr", "rho", "c_max", "wd0", "hyper_lr"))
         if not 0 <= self.c0 <= self.c_max:
             raise ValueError(f"Config.c0 must be in [0, c_max={self.c_max}]; got {self.c0!r}")
         if not 0 <= self.momentum < 1:
@@ -123,16 +124,11 @@ def coupling(W, C):
     return jnp.sum(C * (d[:, None] + d[None, :] - 2 * G))
 
 
-def scores(params, x):
-    """The ten tasks' scores ``x W + b``, one column per digit."""
-    return x @ params["W"] + params["b"]
-
-
 def task_losses(params, batch):
     """Each task's mean logistic loss on its one-vs-rest labels (±1): a vector of ten."""
     x, y = batch
     signs = jnp.where(y[:, None] == jnp.arange(TASKS), 1.0, -1.0).astype(x.dtype)
-    return jnp.mean(jax.nn.softplus(-signs * scores(params, x)), axis=0)
+    return jnp.mean(jax.nn.softplus(-signs * linear(params, x)), axis=0)
 
 
 def make_problem(config: Config, n_features: int):
@@ -147,10 +143,7 @@ def make_problem(config: Config, n_features: int):
         return jnp.sum(task_losses(params, batch))
 
     return hg.BilevelProblem(
-        init=lambda hp, key: {
-            "W": jnp.zeros((n_features, TASKS), jnp.float32),
-            "b": jnp.zeros((TASKS,), jnp.float32),
-        },
+        init=lambda hp, key: linear_init(n_features, TASKS),
         train_loss=train_loss,
         val_loss=val_loss,
         optimizer=hg.optim.momentum(lr=config.lr, momentum=config.momentum),
@@ -159,26 +152,22 @@ def make_problem(config: Config, n_features: int):
 
 def accuracies(params, x, y) -> dict:
     """Multiclass accuracy (argmax of the ten scores) and the mean over tasks of each one-vs-rest accuracy."""
-    s = scores(params, x)
-    multiclass = float(jnp.mean(jnp.argmax(s, axis=1) == y))
+    s = linear(params, x)
+    multiclass = float(accuracy(s, y))
     per_task = float(jnp.mean((s > 0) == (y[:, None] == jnp.arange(TASKS))))
     return {"test_accuracy": multiclass, "test_task_accuracy": per_task}
 
 
 def load_data(config: Config, seed: int):
     """``train_per_class`` / ``val_per_class`` images of each digit drawn with ``seed``, and the test images."""
-    split = hyper_cleaning_mnist()
     rng = np.random.default_rng([seed, 2])
 
-    def per_class(x, y, n):
-        idx = np.concatenate([rng.choice(np.flatnonzero(y == c), size=n, replace=False) for c in range(TASKS)])
-        return jnp.asarray(x[idx]), jnp.asarray(y[idx])
+    def per_class(n):
+        return lambda y: np.concatenate(
+            [rng.choice(np.flatnonzero(y == c), size=n, replace=False) for c in range(TASKS)]
+        )
 
-    return {
-        "train": per_class(split.x_train, split.y_train, config.train_per_class),
-        "val": per_class(split.x_val, split.y_val, config.val_per_class),
-        "test": (jnp.asarray(split.x_test[: config.n_test]), jnp.asarray(split.y_test[: config.n_test])),
-    }
+    return mnist(train=per_class(config.train_per_class), val=per_class(config.val_per_class), test=config.n_test)
 
 
 # ----- the runs -------------------------------------------------------------------------------------------------
@@ -214,8 +203,7 @@ def tune(opt, hparams, config: Config, data, progress: bool):
 
 def trained(problem, hparams, config: Config, data):
     """The weights after T steps under ``hparams``, and the validation objective there."""
-    state = hg.initial_state(problem, hparams, None)
-    state, _ = train_steps(problem, state, hparams, jnp.int32(0), config.T, train_batch=data["train"])
+    state = plain_training(problem, hparams, data["train"], config.T).state
     return state.params, float(problem.val_loss(state.params, hparams, data["val"]))
 
 
@@ -284,7 +272,8 @@ class Results:
 
 def run(config: Config = DEFAULT, progress: bool = True) -> Results:
     """Every method on every seed."""
-    table, (C, learned, independent) = over_seeds(config.seeds, lambda seed: run_one_seed(config, seed, progress))
+    table, per_seed = over_seeds(config.seeds, lambda seed: run_one_seed(config, seed, progress))
+    C, learned, independent = per_seed[config.seeds[0]]
     return Results(config, table, C, learned, independent)
 
 

@@ -12,24 +12,18 @@ so memory is O(|w|) whatever T, and the cost is T training steps plus a few doze
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from ..problem import BilevelProblem, batch_at, initial_state, objectives, train_step
-from ._common import (
-    HypergradientResult,
-    all_finite,
-    check_inputs,
-    mark_first,
-    per_objective_grads,
-    positive_int,
-    unstack_value,
-)
+from .._checks import positive_number, require_positive_int
+from .._tree import PyTree
+from ..problem import BilevelProblem, TrainState, batch_at, initial_state, outer_derivatives, unroll
+from ._inputs import check_inputs
+from .base import HypergradientMethod, HypergradientResult, result
 
 
 def _relative(r, b):
@@ -79,7 +73,7 @@ def neumann(matvec, b, iterations: int, tol: float, alpha: float):
 
 
 @dataclasses.dataclass(frozen=True)
-class Implicit:
+class Implicit(HypergradientMethod):
     """Implicit differentiation at the trained weights: memory independent of T, exact only at a minimum.
 
     Trains T steps (storing nothing), then solves ``H v = ∂E/∂w`` at ``w_T`` with Hessian-vector products of the
@@ -93,9 +87,10 @@ class Implicit:
     :class:`Forward` for those. Costs: T training steps plus up to ``iterations`` Hessian-vector products;
     memory O(|w|).
 
-    Failures are reported, never silent: a non-finite run sets ``diverged_at``; a solve whose relative residual
-    ``‖H v − ∂E/∂w‖ / ‖∂E/∂w‖`` stays above ``tol`` (or is non-finite) sets ``grad_diverged_at = T``, and the
-    residual is in the result's ``solve_residual``; :func:`hgkit.hypergradient` then raises.
+    Failures are reported, never silent: a non-finite run is ``Failure.TRAINING_NONFINITE`` at its step; a solve
+    whose relative residual ``‖H v − ∂E/∂w‖ / ‖∂E/∂w‖`` stays above ``tol`` (or is non-finite) is
+    ``Failure.SOLVE_NOT_CONVERGED``, with the residual in the result's ``solve_residual``;
+    :func:`hgkit.hypergradient` and the loop then raise, saying so.
 
     Args:
         solver: ``"cg"`` (conjugate gradients, default) or ``"neumann"`` (the series ``α Σ (I − αH)^j``).
@@ -125,55 +120,50 @@ class Implicit:
     def __post_init__(self):
         if self.solver not in ("cg", "neumann"):
             raise ValueError(f"Implicit(solver=...) must be 'cg' or 'neumann'; got {self.solver!r}")
-        if not positive_int(self.iterations):
-            raise ValueError(f"Implicit(iterations=...) must be a positive int; got {self.iterations!r}")
+        require_positive_int("Implicit(iterations=...)", self.iterations, "the most Hessian-vector products")
         for name in ("tol", "alpha"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float | np.floating) or not value > 0:
-                raise ValueError(f"Implicit({name}=...) must be a positive number; got {value!r}")
+            if not positive_number(getattr(self, name)):
+                raise ValueError(f"Implicit({name}=...) must be a positive number; got {getattr(self, name)!r}")
+
+    @property
+    def label(self) -> str:
+        return f"implicit differentiation ({self.solver})"
 
     def run(
-        self, problem: BilevelProblem, hparams, T: int, train_data, val_data, key=None, init_state=None
+        self,
+        problem: BilevelProblem,
+        hparams: PyTree,
+        T: int,
+        train_data: Any,
+        val_data: PyTree,
+        *,
+        key: Any = None,
+        init_state: TrainState | None = None,
     ) -> HypergradientResult:
         """The hypergradient and what came with it; pure, so it can be jitted and vmapped."""
         check_inputs(problem, hparams, T, train_data, val_data, key, init_state)
         s0 = initial_state(problem, hparams, key) if init_state is None else init_state
-
-        def forward(carry, t):
-            state, bad = carry
-            new, loss = train_step(problem, state, hparams, batch_at(train_data, t), t)
-            return (new, mark_first(bad, all_finite(new), t)), loss
-
-        (s_T, diverged_at), losses = lax.scan(forward, (s0, jnp.int32(-1)), jnp.arange(T, dtype=jnp.int32))
+        trained = unroll(problem, s0, hparams, train_data, 0, T)
 
         batch = batch_at(train_data, jnp.int32(T - 1))
-        w, unravel = ravel_pytree(s_T.params)
+        w, unravel = ravel_pytree(trained.state.params)
 
         def grad_w(x, hp):
-            return ravel_pytree(jax.grad(problem.train_loss)(unravel(x), hp, batch))[0]
+            return ravel_pytree(jax.grad(problem.inner_loss)(unravel(x), hp, batch))[0]
 
         _, hvp = jax.linearize(lambda x: grad_w(x, hparams), w)  # H·v, linearized once
-        values, e_vjp = jax.vjp(lambda x, hp: objectives(problem, unravel(x), hp, val_data), w, hparams)
-        k = values.shape[0]
-        dE_dw, dE_dh = jax.vmap(e_vjp)(jnp.eye(k, dtype=values.dtype))  # one row per objective
+        values, dE_dw, dE_dh = outer_derivatives(problem, trained.state.params, hparams, val_data)
+        b = jax.vmap(lambda g: ravel_pytree(g)[0])(dE_dw)  # one row per objective
 
         if self.solver == "cg":
-            v = jax.vmap(lambda b: conjugate_gradients(hvp, b, self.iterations, self.tol))(dE_dw)
+            v = jax.vmap(lambda b: conjugate_gradients(hvp, b, self.iterations, self.tol))(b)
         else:
-            v = jax.vmap(lambda b: neumann(hvp, b, self.iterations, self.tol, self.alpha))(dE_dw)
-        residual = jnp.max(jax.vmap(lambda x, b: _relative(hvp(x) - b, b))(v, dE_dw))
+            v = jax.vmap(lambda b: neumann(hvp, b, self.iterations, self.tol, self.alpha))(b)
+        residual = jnp.max(jax.vmap(lambda x, b: _relative(hvp(x) - b, b))(v, b))
 
         _, mixed_vjp = jax.vjp(lambda hp: grad_w(w, hp), hparams)
         (mixed,) = jax.vmap(mixed_vjp)(v)
         g = jax.tree_util.tree_map(lambda d, m: d - m.astype(d.dtype), dE_dh, mixed)
         failed = ~(residual <= self.tol)  # NaN counts as failed
-        grad_diverged_at = jnp.where(failed & (diverged_at < 0), jnp.int32(T), jnp.int32(-1))
-        return HypergradientResult(
-            unstack_value(problem, values),
-            per_objective_grads(problem, hparams, g),
-            s_T,
-            losses,
-            diverged_at,
-            grad_diverged_at,
-            residual,
-        )
+        return result(problem, hparams, values, g, trained.state, trained.losses, trained.diverged_at,
+                      solve_failed=failed, solve_residual=residual)  # fmt: skip

@@ -1,10 +1,44 @@
-"""Real-time hyperparameter optimization (RTHO; Franceschi et al., 2017, §3.3): forward mode without restarting.
+"""Real-time hyperparameter optimization (RTHO; Franceschi et al., 2017, §3.3): forward mode without restarting,
+and its discounted variants, hypergradient descent and MARTHE.
 
 One training run is split into chunks of Δ steps. The tangents ``Z_t = ds_t/dλ`` and the weights are carried
 across chunks and never reset; after each chunk the hypergradient of the validation objective at the current
 weights, ``∂E/∂s_t Z_t + ∂E/∂λ``, is available, and the outer loop may change λ before the next chunk. ``Z`` then
 mixes derivatives taken at the successive values of λ: the approximation RTHO makes (exact while λ is fixed, so
 with Δ = T it equals :class:`~hgkit.hypergrad.forward.Forward`).
+
+**The discounted family** (Donini, Franceschi, Pontil, Majumder, Frasconi, "MARTHE: Scheduling the Learning Rate via
+Online Hypergradients", IJCAI 2020). RTHO's tangent remembers every step since the start, so on a long run old steps
+dominate its hypergradient. A discount μ ∈ [0, 1] on the tangent's past,
+
+    Z_t = μ A_t Z_{t-1} + B_t,        A_t = ∂Φ_t/∂s_{t-1},  B_t = ∂Φ_t/∂λ,
+
+interpolates between RTHO (μ = 1, the default, bit for bit the undiscounted engine) and a method that looks one
+step back only (μ = 0: ``Z_t = B_t``; with Δ = 1 this is hypergradient descent, Baydin et al., ICLR 2018, when the
+outer objective is the training loss on the next batch; with a validation objective it is the variant MARTHE's
+authors compare with). ``discount="adapt"`` is MARTHE's online rule for μ (below). For μ < 1 the read-out
+``∂E/∂s_t Z_t + ∂E/∂λ`` is the exact derivative of the *discounted* recurrence, which is a heuristic, not the
+hypergradient of anything: finite differences of the validation loss do not check it (the tests check it against
+the discounted recurrence written out with explicit Jacobians).
+
+**MARTHE's rule for μ**, as the authors state it for one scalar hyperparameter (the learning rate): with the
+hypergradient ``δ_t = ∇E(w_t)·Z_t`` and ``b_t = ∇E(w_t)·B_t`` (the same ``∇E``, at the weights after the chunk;
+``B_t`` is the chunk's last step's), let ``z = clip(δ_t / b_t, 0, 1)`` (0 where ``b_t = 0``); then ``c ← (c + 1)·μ``
+and ``μ ← z^(1/(c+1))``, with μ and c starting at 0. So the first chunk runs with μ = 0, and μ grows towards 1
+while the long-memory hypergradient agrees in sign with the one-step one (``z = 1``), and falls when they
+disagree. The new μ is used by every step of the next chunk. ``b_t`` costs one more JVP in λ alone (no
+Hessian-vector product) at the chunk's last step; ``∇E`` is the read-out's. (The public code of the authors,
+awslabs/adatune, writes ``c ← c·sign(μ) + μ`` and divides the learning rate by ``∇E·∇L``; this module follows the
+rule above.)
+
+**Several hyperparameters**: per direction. Every scalar component j of λ has its own column ``Z_j`` and its own
+discount ``μ_j`` (and count ``c_j``): ``Z_j,t = μ_j A_t Z_j,t-1 + B_j,t``, which is the recurrence above with the
+diagonal discount ``diag(μ)``; with ``"adapt"``, ``δ_j`` is component j of the hypergradient of the objective that
+hyperparameter follows (``problem.follows``) and ``b_j`` is ``∇E·B_j`` for that objective. For one scalar
+hyperparameter this is the authors' rule exactly.
+
+MARTHE's adaptive hyper-learning rate is an optax transformation for the outer loop:
+:func:`hgkit.schedules.adaptive_sgd`.
 
 Example:
     >>> import jax.numpy as jnp, hgkit as hg
@@ -19,101 +53,161 @@ Example:
     >>> carry, result = rt.step(problem, carry, hp, train_data=jnp.ones(2), val_data=jnp.ones(2))
     >>> int(carry.step), result.train_losses.shape
     (5, (5,))
+    >>> marthe = hg.RealTime(delta=1, discount="adapt")
+    >>> marthe.label
+    'MARTHE (Δ = 1)'
+    >>> carry = marthe.init(problem, hp)
+    >>> carry, _ = marthe.step(problem, carry, hp, train_data=jnp.ones(2), val_data=jnp.ones(2))
+    >>> carry.discount.tolist()   # after a chunk at μ = 0, δ = b: z = 1, μ = 1
+    [1.0]
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
+import numpy as np
 
-from ..problem import BilevelProblem, TrainState
-from ._common import HypergradientResult, check_inputs, positive_int, unstack_value
-from .forward import DEFAULT_MAX_DIRECTIONS, advance, check_directions, directions, init_tangents, read_out
+from .._checks import require_positive_int
+from .._tree import PyTree, tree_size
+from ..problem import BilevelProblem, TrainState, batch_at, objective_index, outer_derivatives
+from ._inputs import check_inputs
+from .base import HypergradientResult, OnlineMethod, result
+from .forward import (
+    DEFAULT_MAX_DIRECTIONS,
+    advance,
+    assemble,
+    check_directions,
+    directions,
+    finish,
+    init_tangents,
+    tangent_step,
+    through_weights,
+)
+
+ADAPT = "adapt"
 
 
 class RealTimeState(NamedTuple):
-    """What a real-time run carries from chunk to chunk."""
+    """What a real-time run carries from chunk to chunk: forward mode's carry, and the discount per direction."""
 
     state: TrainState  # the training state s_t
-    tangents: Any  # Z_t = ds_t/dλ, one leading row per hyperparameter direction (float leaves of s only)
+    tangents: PyTree  # Z_t: the float leaves of s, each with a leading axis of m directions
     step: jax.Array  # int32: the inner steps done so far
-    diverged_at: jax.Array  # int32: first inner step whose state was non-finite, or -1
-    grad_diverged_at: jax.Array  # int32: first inner step whose tangents were non-finite, or -1
+    diverged_at: jax.Array  # int32: the first inner step whose state was non-finite, or -1
+    grad_diverged_at: jax.Array  # int32: the first inner step whose tangents were non-finite, or -1
+    discount: jax.Array  # (m,): μ of each direction, used by every step of the next chunk
+    count: jax.Array  # (m,): MARTHE's c of each direction (zeros unless discount="adapt")
+
+
+def adapt_discount(discount, count, hypergradient, b):
+    """MARTHE's update of μ and c, per direction (arrays of shape (m,)): ``z = clip(δ / b, 0, 1)`` (0 where
+    ``b = 0``), ``c ← (c + 1)·μ``, ``μ ← z^(1/(c+1))``. Returns ``(μ, c)``."""
+    safe = jnp.where(b != 0, b, 1)
+    z = jnp.where(b != 0, jnp.clip(hypergradient / safe, 0, 1), 0)
+    count = (count + 1) * discount
+    return z ** (1 / (count + 1)), count
+
+
+def flat_per_direction(tree: PyTree) -> jax.Array:
+    """A pytree shaped like the hyperparameters as one vector (m,), in the order of the directions."""
+    return jnp.concatenate([jnp.ravel(x) for x in jax.tree_util.tree_leaves(tree)])
 
 
 @dataclasses.dataclass(frozen=True)
-class RealTime:
-    """Real-time mode: hypergradients every Δ steps of one single training run.
+class RealTime(OnlineMethod):
+    """Real-time mode: hypergradients every Δ steps of one single training run; RTHO, hypergradient descent and
+    MARTHE by the discount on the tangent.
 
-    Recurrence: forward mode's ``Z_t = A_t Z_{t-1} + B_t``, never reset; after each chunk of Δ steps the
-    hypergradient ``∂E/∂s_t Z_t + ∂E/∂λ`` is read out (and λ may be updated).
+    Recurrence: ``Z_t = μ A_t Z_{t-1} + B_t``, never reset; after each chunk of Δ steps ``∂E/∂s_t Z_t + ∂E/∂λ`` is
+    read out (and λ may be updated). μ = 1 is RTHO, forward mode's recurrence (exact while λ is fixed); for μ < 1
+    the read-out is the exact derivative of the discounted recurrence, a heuristic rather than a hypergradient.
+    Several hyperparameters: one μ per scalar direction (see the module docstring).
 
-    Time: about (1 + m)× training per chunk for m scalar hyperparameters, plus one evaluation of E per chunk.
+    Time: about (1 + m)× training per chunk for m scalar hyperparameters, plus one evaluation of E per chunk;
+    μ = 0 pushes λ's tangent only (no Hessian-vector product through the state), and ``"adapt"`` adds m JVPs in λ
+    alone at each chunk's last step.
 
     Memory: ``Z`` is m × |s|, independent of T and of Δ.
 
     Args:
         delta: Δ, the number of inner steps between hypergradients.
+        discount: μ ∈ [0, 1] (1: RTHO, the default; 0: one step back only, hypergradient descent with Δ = 1), or
+            ``"adapt"``: MARTHE's online rule (μ and c per direction, starting at 0, updated after every chunk).
         max_directions: as for :class:`~hgkit.hypergrad.forward.Forward`.
     """
 
     delta: int
+    discount: float | str = 1.0
     max_directions: int | None = DEFAULT_MAX_DIRECTIONS
 
     def __post_init__(self):
-        if not positive_int(self.delta):
-            raise ValueError(f"RealTime(delta=...) must be a positive int number of inner steps; got {self.delta!r}")
+        require_positive_int("RealTime(delta=...)", self.delta, "inner steps between hypergradients")
+        require_positive_int("RealTime(max_directions=...)", self.max_directions, "a limit", optional=True)
+        mu = self.discount
+        if isinstance(mu, str):
+            if mu != ADAPT:
+                raise ValueError(f'RealTime(discount=...) must be a number in [0, 1] or "adapt"; got {mu!r}')
+        elif isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not 0 <= mu <= 1:
+            raise ValueError(f'RealTime(discount=...) must be a number in [0, 1] or "adapt"; got {mu!r}')
+        else:
+            object.__setattr__(self, "discount", float(mu))  # a static float: 1.0 and 0.0 take their fast paths
 
-    def init(self, problem: BilevelProblem, hparams, key=None, init_state=None) -> RealTimeState:
-        """``s_0`` and ``Z_0 = ∂S_0/∂λ`` (or a given state with ``Z_0 = 0``), at step 0."""
-        s0, z0 = init_tangents(problem, hparams, key, init_state, directions(hparams))
-        minus_one = jnp.int32(-1)
-        return RealTimeState(s0, z0, jnp.int32(0), minus_one, minus_one)
+    @property
+    def adaptive(self) -> bool:
+        """Whether μ follows MARTHE's online rule."""
+        return self.discount == ADAPT
 
-    def step(self, problem: BilevelProblem, carry: RealTimeState, hparams, train_data, val_data):
+    @property
+    def label(self) -> str:
+        where = f"(Δ = {self.delta})"
+        if self.adaptive:
+            return f"MARTHE {where}"
+        if self.discount == 0.0:
+            return f"hypergradient descent {where}"
+        if self.discount == 1.0:
+            return f"RTHO {where}"
+        return f"RTHO, discount μ = {self.discount:g} {where}"
+
+    def init(
+        self, problem: BilevelProblem, hparams: PyTree, *, key: Any = None, init_state: TrainState | None = None
+    ) -> RealTimeState:
+        """``s_0`` and ``Z_0 = ∂S_0/∂λ`` (or a given state with ``Z_0 = 0``), at step 0; μ = 0 and c = 0 with
+        ``"adapt"``, else μ = ``discount``."""
+        carry = init_tangents(problem, hparams, key, init_state, directions(hparams))
+        m = tree_size(hparams)
+        dtype = jnp.result_type(*jax.tree_util.tree_leaves(hparams))
+        mu0 = 0.0 if self.adaptive else self.discount
+        return RealTimeState(*carry, discount=jnp.full((m,), mu0, dtype), count=jnp.zeros((m,), dtype))
+
+    def step(
+        self, problem: BilevelProblem, carry: RealTimeState, hparams: PyTree, train_data: Any, val_data: PyTree
+    ) -> tuple[RealTimeState, HypergradientResult]:
         """Δ more inner steps under ``hparams``; returns the new carry and the hypergradient at its end."""
         abstract_state = check_inputs(problem, hparams, self.delta, train_data, val_data, None, carry.state)
         check_directions(hparams, abstract_state, self.max_directions, "RealTime")
-        state, z, losses, bad, zbad = advance(
-            problem,
-            carry.state,
-            carry.tangents,
-            hparams,
-            directions(hparams),
-            train_data,
-            carry.step,
-            self.delta,
-            carry.diverged_at,
-            carry.grad_diverged_at,
-        )
-        values, grads = read_out(problem, state, z, hparams, val_data)
-        carry = RealTimeState(state, z, carry.step + self.delta, bad, zbad)
-        return carry, HypergradientResult(unstack_value(problem, values), grads, state, losses, bad, zbad)
-
-    def run(
-        self, problem: BilevelProblem, hparams, T: int, train_data, val_data, key=None, init_state=None
-    ) -> HypergradientResult:
-        """T/Δ chunks under fixed ``hparams``: the same hypergradient as forward mode."""
-        abstract_state = check_inputs(problem, hparams, T, train_data, val_data, key, init_state)
-        if T % self.delta:
-            raise ValueError(f"RealTime(delta={self.delta}) must divide T={T} to run T/Δ whole chunks")
-        check_directions(hparams, abstract_state, self.max_directions, "RealTime")
         basis = directions(hparams)
-        s0, z0 = init_tangents(problem, hparams, key, init_state, basis)
-
-        def chunk(carry, first_step):
-            state, z, bad, zbad = carry
-            state, z, losses, bad, zbad = advance(
-                problem, state, z, hparams, basis, train_data, first_step, self.delta, bad, zbad
-            )
-            return (state, z, bad, zbad), losses
-
-        starts = jnp.arange(0, T, self.delta, dtype=jnp.int32)
-        minus_one = jnp.int32(-1)
-        (s_T, z_T, bad, zbad), losses = lax.scan(chunk, (s0, z0, minus_one, minus_one), starts)
-        values, grads = read_out(problem, s_T, z_T, hparams, val_data)
-        return HypergradientResult(unstack_value(problem, values), grads, s_T, losses.reshape(T), bad, zbad)
+        if not self.adaptive:
+            carry, losses = advance(problem, carry, hparams, basis, train_data, self.delta, self.discount)
+            return carry, finish(problem, carry, hparams, val_data, losses)
+        # MARTHE: Δ − 1 steps, then the last one keeping its B_t for the update of μ.
+        mu = carry.discount
+        carry, first = advance(problem, carry, hparams, basis, train_data, self.delta - 1, mu)
+        batch = batch_at(train_data, carry.step)
+        carry, (last, b_tangent) = tangent_step(problem, carry, hparams, basis, batch, mu, keep_b=True)
+        losses = jnp.concatenate([first, last[None]])
+        values, dE_dw, dE_dh = outer_derivatives(problem, carry.state.params, hparams, val_data)
+        grads = assemble(through_weights(dE_dw, carry.tangents.params), dE_dh, hparams)
+        res = result(problem, hparams, values, grads, carry.state, losses, carry.diverged_at, carry.grad_diverged_at)
+        # b_j = ∇E·B_j for the objective direction j follows (the rows of the hypergradient).
+        sizes = [int(np.size(x)) for x in jax.tree_util.tree_leaves(hparams)]
+        rows = np.repeat(objective_index(problem, hparams), sizes)
+        b = through_weights(dE_dw, b_tangent.params)[rows, np.arange(len(rows))]
+        delta = flat_per_direction(res.grads).astype(b.dtype)
+        discount, count = adapt_discount(carry.discount, carry.count, delta, b)
+        dtype = carry.discount.dtype
+        return carry._replace(discount=discount.astype(dtype), count=count.astype(dtype)), res

@@ -14,6 +14,8 @@ _LAZY = {
     "CostExplorer": "classroom",
     "classroom": None,
     "Dashboard": "dashboard",
+    "TextDashboard": "dashboard",
+    "WidgetDashboard": "dashboard",
     "dashboard": None,
 }
 

@@ -13,10 +13,12 @@ inside the learning-rate range: the hypergradient ``df/dη`` is the slope of tha
 (weight j uses ``lr[j mod m]``): reverse mode stores the T states ``s = (w, v)`` of |s| = 2d numbers, forward
 mode carries one tangent of the state per hyperparameter (m·|s| numbers).
 
-The computing parts are pure functions (:func:`explorer_state`, :func:`measure_cost`, :func:`cost_table`);
-the widgets (:class:`Explorer`, :class:`CostExplorer`) are thin layers of ipywidgets over them, driveable from
-code (set a slider's ``.value``, read the displayed numbers) and marked with CSS classes (``hgkit-...``) for
-browser tests.
+This module owns the two teaching problems, what the widgets show about them, and the widgets. The computing
+parts are pure functions (:func:`explorer_state`, :func:`measure_cost`, :func:`cost_table`); the training runs
+drawn are :func:`hgkit.unroll`'s, and the cost is measured by the definition the cost experiment uses
+(:mod:`hgkit.experiments._measure`: compiled temporaries + outputs, fastest of several calls). The widgets
+(:class:`Explorer`, :class:`CostExplorer`) are thin layers of ipywidgets over them, driveable from code (set a
+slider's ``.value``, read the displayed numbers) and marked with CSS classes (``hgkit-...``) for browser tests.
 
 Example:
     >>> from hgkit.widgets.classroom import explorer_state
@@ -36,15 +38,15 @@ import functools
 import html
 import io
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 import hgkit as hg
-from hgkit.hypergrad._common import positive_int
+
+from .._checks import positive_int
+from ..experiments._measure import measure_hypergradient
 
 __all__ = [
     "CostExplorer",
@@ -95,14 +97,14 @@ def toy_data(dtype=None):
 
 def unrolled(hparams, T: int, train, val):
     """The weights ``w_0..w_T`` of the run (shape (T+1, 2)) and ``f(λ)``: the dynamics hgkit differentiates."""
-    s0 = hg.initial_state(TOY, hparams, None)
+    run = hg.unroll(TOY, hg.initial_state(TOY, hparams, None), hparams, train, 0, T, store=True)
+    return jnp.concatenate([run.states.params, run.state.params[None]]), TOY.val_loss(run.state.params, hparams, val)
 
-    def step(state, t):
-        state, _ = hg.train_step(TOY, state, hparams, train, t)
-        return state, state.params
 
-    s_T, path = lax.scan(step, s0, jnp.arange(T, dtype=jnp.int32))
-    return jnp.concatenate([s0.params[None], path]), TOY.val_loss(s_T.params, hparams, val)
+def validation_loss(hparams, T: int, train, val):
+    """``f(λ)``, the validation loss after T steps (no weights kept: what the swept curve evaluates)."""
+    run = hg.unroll(TOY, hg.initial_state(TOY, hparams, None), hparams, train, 0, T)
+    return TOY.val_loss(run.state.params, hparams, val)
 
 
 @functools.partial(jax.jit, static_argnames=("T", "mode", "wrt"))
@@ -111,7 +113,7 @@ def _explore(hparams, T, mode, wrt, grid, h, train, val):
     path, _ = unrolled(hparams, T, train, val)
 
     def value_at(x):
-        return unrolled({**hparams, wrt: x}, T, train, val)[1]
+        return validation_loss({**hparams, wrt: x}, T, train, val)
 
     sweep = jax.vmap(value_at)(grid)
     # Richardson-extrapolated central differences: (4 D(h/2) − D(h)) / 3 has an O(h⁴) truncation error.
@@ -271,9 +273,10 @@ def stored_numbers(method: str, T: int, m: int, d: int) -> int:
 def measure_cost(method: str, T: int, m: int, d: int = 64, repeats: int = 5, dtype=None) -> dict:
     """Compile and time one hypergradient of the cost problem; a row of :data:`hgkit.plot.COST_COLUMNS`.
 
-    ``peak_bytes`` is the compiled program's buffers as XLA assigns them
-    (``jax.jit(...).lower(...).compile().memory_analysis()``: arguments + outputs + temporaries − aliased), so
-    it is exact and free of timing noise; ``seconds`` is the median of ``repeats`` calls after a warm-up
+    Measured as the cost experiment measures (:func:`hgkit.experiments._measure.measure`): ``peak_bytes`` is the
+    compiled program's temporaries + outputs as XLA assigns them
+    (``jax.jit(...).lower(...).compile().memory_analysis()``; the arguments, the same for both modes, left out),
+    so it is exact and free of timing noise; ``seconds`` is the fastest of ``repeats`` calls after a warm-up
     (compilation excluded). Results are cached per arguments.
     """
     if method not in MODES:
@@ -290,19 +293,8 @@ def measure_cost(method: str, T: int, m: int, d: int = 64, repeats: int = 5, dty
 def _measure(method: str, T: int, m: int, d: int, repeats: int, dtype_name: str) -> dict:
     problem, train, val = cost_problem(d, dtype_name)
     hparams = {"lr": jnp.full((m,), 0.1, dtype_name)}
-    fn = jax.jit(lambda hp, tr, va: hg.hypergradient_result(problem, hp, T, tr, va, method=MODES[method])[:2])
-    compiled = fn.lower(hparams, train, val).compile()
-    stats = compiled.memory_analysis()
-    peak = (
-        stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
-    ) - stats.alias_size_in_bytes
-    jax.block_until_ready(compiled(hparams, train, val))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(hparams, train, val))
-        times.append(time.perf_counter() - start)
-    return {"method": method, "T": int(T), "m": int(m), "seconds": float(np.median(times)), "peak_bytes": int(peak)}
+    cost = measure_hypergradient(problem, hparams, T, train, val, method=MODES[method], repeats=repeats)
+    return {"method": method, "T": T, "m": m, **cost}
 
 
 def cost_table(T: int, m: int, Ts=COST_TS, ms=COST_MS, d: int = 64, repeats: int = 5, dtype=None):

@@ -1,0 +1,141 @@
+"""The loop's compiled hyper-iteration: hypergradient, optax update, projection and the history row, in one call.
+
+Used by :mod:`hgkit.outer`. :class:`StepSpec` holds everything static about the call (the problem, the method, the
+optax transformation, the metrics and constraints; hashed by identity), so a new value of λ never recompiles.
+:func:`hyper_step` is one run's iteration, :func:`population_step` every member's at once (``vmap``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ._tree import PyTree, all_finite, unview
+from .constraints import Constraint
+from .history import StepReport, vector_stats
+from .hypergrad import Failure, HypergradientMethod, OnlineMethod, hypergradient_result
+from .problem import BilevelProblem, initial_state
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything static about the compiled step (hashable: problem, optax functions and constraints by identity)."""
+
+    problem: BilevelProblem
+    method: HypergradientMethod
+    tx: optax.GradientTransformation
+    metrics: tuple[tuple[str, Callable], ...]
+    constraints: tuple[Constraint | None, ...]
+    treedef: Any
+    warm: bool  # restart each inner run from the last one's final state
+
+    @property
+    def online(self) -> bool:
+        """Whether the method goes on within one training run (the loop then never restarts training)."""
+        return isinstance(self.method, OnlineMethod)
+
+    def leafwise(self, what: str, tree: PyTree) -> PyTree:
+        """Each constraint's ``what`` (``"value"``, ``"free"``, ``"project"``) on its leaf (others unchanged)."""
+        leaves = self.treedef.flatten_up_to(tree)
+        out = [x if c is None else getattr(c, what)(x) for c, x in zip(self.constraints, leaves, strict=True)]
+        return jax.tree_util.tree_unflatten(self.treedef, out)
+
+
+def hyper_step(spec: StepSpec, T, train_fn, u, opt_state, carry, iteration, key, train_batch, val_data):
+    """One hyper-iteration (pure; compiled below): ``(u, opt_state, carry, state, λ used, StepReport)``."""
+    train_data = train_fn if train_fn is not None else train_batch
+    hp, c_vjp = jax.vjp(lambda v: spec.leafwise("value", v), u)
+    if spec.online:
+        carry, res = spec.method.step(spec.problem, carry, hp, train_data, val_data)
+    else:
+        k = None if key is None else jax.random.fold_in(key, iteration)
+        init_state = carry if spec.warm else None
+        res = hypergradient_result(
+            spec.problem, hp, T, train_data, val_data, method=spec.method, key=k, init_state=init_state
+        )
+        carry = res.state if spec.warm else carry
+    (g_u,) = c_vjp(res.grads)
+    updates, opt_state = spec.tx.update(g_u, opt_state, u)
+    new_u = spec.leafwise("project", optax.apply_updates(u, updates))
+    values = res.value if isinstance(res.value, dict) else {"val": res.value}
+    update_failed = (res.failure == Failure.NONE) & ~all_finite(new_u)
+    report = StepReport(
+        values=tuple(values[k] for k in spec.problem.objective_names),
+        train_loss=res.train_losses[-1],
+        grad_norm=optax.tree.norm(res.grads),
+        grad_norms=tuple(jnp.linalg.norm(jnp.ravel(g)) for g in jax.tree_util.tree_leaves(res.grads)),
+        hp=tuple(x if x.size == 1 else vector_stats(x) for x in jax.tree_util.tree_leaves(hp)),
+        metrics=tuple(fn(unview(res.state.params), hp) for _, fn in spec.metrics),
+        failure=jnp.where(update_failed, jnp.int32(Failure.UPDATE_NONFINITE), res.failure),
+        failed_at=res.failed_at,
+        solve_residual=res.solve_residual,
+    )
+    return new_u, opt_state, carry, res.state, hp, report
+
+
+compiled_step = jax.jit(hyper_step, static_argnames=("spec", "T", "train_fn"))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "T", "train_fn"))
+def population_step(spec: StepSpec, T, train_fn, u, opt_state, carry, iteration, keys, train_batch, val_data, alive):
+    """Every member's hyper-iteration at once: ``vmap`` of :func:`hyper_step` over the variables, the optax state,
+    the carry and the keys (the data are shared). A member that fails now, or has failed before (``alive``
+    False), keeps its variables, so that the others go on; its report's failure says why."""
+    step = functools.partial(hyper_step, spec, T, train_fn)
+    axes = (0, 0, 0, None, 0, None, None)
+    new_u, new_opt, new_carry, state, hp, report = jax.vmap(step, in_axes=axes)(
+        u, opt_state, carry, iteration, keys, train_batch, val_data
+    )
+    ok = alive & (report.failure == Failure.NONE)
+
+    def keep(new, old):
+        return jax.tree_util.tree_map(lambda a, b: _where(ok, a, b), new, old)
+
+    return keep(new_u, u), keep(new_opt, opt_state), keep(new_carry, carry), state, hp, report
+
+
+def _where(ok, a, b):
+    """``a`` for the members where ``ok``, else ``b`` (leading axis: the member); PRNG keys included."""
+    if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        data = _where(ok, jax.random.key_data(a), jax.random.key_data(b))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(a))
+    return jnp.where(jnp.reshape(ok, ok.shape + (1,) * (a.ndim - 1)), a, b)
+
+
+@functools.partial(jax.jit, static_argnames=("spec",))
+def initial_carry(spec: StepSpec, u, key):
+    """What runs on across hyper-iterations: an online method's carry, the training state for warm restarts,
+    or nothing."""
+    hp = spec.leafwise("value", u)
+    if spec.online:
+        return spec.method.init(spec.problem, hp, key=key)
+    return initial_state(spec.problem, hp, key) if spec.warm else None
+
+
+def per_member(P: int | None, fn, in_axes=0):
+    """``fn`` itself for a single run, its ``vmap`` over the members of a population."""
+    return fn if P is None else jax.vmap(fn, in_axes=in_axes)
+
+
+def templates(spec: StepSpec, P, T, train_fn, u0, keys, train_batch, val_data) -> dict:
+    """The pytree structures a checkpoint's leaves are put back into (they are not stored).
+
+    Found by tracing the step on shapes alone, which also checks the data and the problem before anything runs.
+    """
+    carry_axes = (0, None if keys is None else 0)
+    carry = jax.eval_shape(per_member(P, functools.partial(initial_carry, spec), carry_axes), u0, keys)
+    opt_state = jax.eval_shape(per_member(P, spec.tx.init), u0)
+    args = (u0, opt_state, carry, jnp.int32(0), keys, train_batch, val_data)
+    if P is None:
+        out = jax.eval_shape(functools.partial(compiled_step, spec, T, train_fn), *args)
+    else:
+        out = jax.eval_shape(functools.partial(population_step, spec, T, train_fn), *args, np.ones(P, bool))
+    tree = jax.tree_util.tree_structure
+    return dict(u=spec.treedef, opt_state=tree(opt_state), carry=tree(carry), state=tree(out[3]), last_hp=spec.treedef)

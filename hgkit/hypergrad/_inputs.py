@@ -1,0 +1,131 @@
+"""The input checks every method makes before any compute: from shapes alone, while tracing.
+
+Each error names the argument or the user function that failed, on what structure, and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import require_positive_int
+from .._tree import PyTree, is_float, tree_map, unview
+from ..hparams import MissingHyperparameterError, check_hparams
+from ..problem import BilevelProblem, TrainState, initial_state, objective_index, train_step
+
+
+def _abstract(tree):
+    return tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)) if _is_arraylike(x) else x, tree)
+
+
+def _is_arraylike(x) -> bool:
+    return isinstance(x, jax.Array | np.ndarray | np.generic | float | int | complex | bool)
+
+
+def _structure(tree) -> str:
+    return str(tree_map(lambda x: f"{jnp.result_type(x)}{list(np.shape(x))}", _abstract(tree)))
+
+
+def _call(what: str, fn, *args):
+    """``jax.eval_shape(fn, *args)`` with a message saying which user function failed and on what."""
+    try:
+        return jax.eval_shape(fn, *args)
+    except MissingHyperparameterError:
+        raise
+    except Exception as e:  # re-raised with context: which function, on which inputs
+        _reraise(e, f"{what} failed: {type(e).__name__}: {e}")
+
+
+def _reraise(e: Exception, message: str):
+    """Raise ``message`` as an exception of ``e``'s type where that type takes a message, else as TypeError."""
+    try:
+        new = type(e)(message)
+    except Exception:
+        new = TypeError(message)
+    raise new from e
+
+
+def check_inputs(
+    problem: BilevelProblem, hparams: PyTree, T: int, train_data, val_data: PyTree, key, init_state=None
+) -> TrainState:
+    """Every check that can be made from shapes alone; returns the abstract initial state."""
+    if not isinstance(problem, BilevelProblem):
+        raise TypeError(f"problem must be an hg.BilevelProblem, got {type(problem).__name__}")
+    check_hparams(hparams)
+    require_positive_int("T", T, "the number of training steps")
+    hp = _abstract(hparams)
+    if init_state is None:
+        state = _call(
+            "init(hparams, key) or optimizer.init(params, hparams)",
+            lambda h, k: initial_state(problem, h, k),
+            hp,
+            _abstract(key),
+        )
+    else:
+        state = _abstract(init_state)
+    arrays = state.params  # the model's arrays (an ArrayView when it has static leaves)
+    bad = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(arrays) if not is_float(x)]
+    if bad:
+        raise TypeError(f"init must return float parameters; params{bad[0]} is {_structure(arrays)}")
+
+    step = jax.ShapeDtypeStruct((), jnp.int32)
+    if callable(train_data):
+        batch = _call("train_data(step), called with an int32 step,", train_data, step)
+        origin = "the batch returned by train_data(step)"
+    else:
+        batch = _abstract(train_data)
+        origin = "train_data"
+    try:
+        loss = jax.eval_shape(problem.inner_loss, arrays, hp, batch)
+    except MissingHyperparameterError:
+        raise
+    except Exception as e:
+        hint = ""
+        v0 = val_data[problem.objective_names[0]] if isinstance(problem.val_loss, Mapping) else val_data
+        if isinstance(v0, tuple | list | dict) and (
+            jax.tree_util.tree_structure(_abstract(v0)) != jax.tree_util.tree_structure(batch)
+        ):
+            hint = f" (val_data has structure {_structure(v0)})"
+        _reraise(
+            e,
+            f"train_loss(params, hparams, batch) failed on {origin}, which has structure "
+            f"{_structure(batch)}{hint}: {type(e).__name__}: {e}",
+        )
+    if np.shape(loss) != ():
+        raise ValueError(f"train_loss must return a scalar; it returned shape {np.shape(loss)}")
+
+    new_state, _ = _call(
+        "the training step (optimizer.update)", lambda s, h, b: train_step(problem, s, h, b, 0), state, hp, batch
+    )
+    if _structure(new_state) != _structure(state):
+        raise TypeError(
+            "a training step must keep the state's structure, shapes and dtypes (the library never casts); "
+            f"it went from {_structure(state)} to {_structure(new_state)}. "
+            "Are hparams and params of different float dtypes?"
+        )
+
+    names = problem.objective_names
+    if isinstance(problem.val_loss, Mapping):
+        if not isinstance(val_data, Mapping) or set(val_data) != set(names):
+            got = sorted(val_data) if isinstance(val_data, Mapping) else type(val_data).__name__
+            raise ValueError(
+                f"with several objectives, val_data must be a mapping with keys {sorted(names)}; got {got}"
+            )
+        fns = [(f"val_loss[{k!r}]", problem.val_loss[k], val_data[k]) for k in names]
+    else:
+        fns = [("val_loss", problem.val_loss, val_data)]
+    for what, fn, data in fns:
+        out = _call(
+            f"{what}(params, hparams, val_data)",
+            lambda v, h, d, fn=fn: fn(unview(v), h, d),
+            arrays,
+            hp,
+            _abstract(data),
+        )
+        if np.shape(out) != ():
+            raise ValueError(f"{what} must return a scalar; it returned shape {np.shape(out)}")
+    objective_index(problem, hparams)  # checks `follows`
+    return state

@@ -1,0 +1,111 @@
+"""The lr-schedules experiment at its SMOKE size: every method's row, the compute it is charged, the schedules, the
+sensitivity sweep and the report files."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hgkit.experiments import lr_schedules as ls
+
+
+@pytest.fixture(scope="module")
+def results():
+    return ls.run(ls.SMOKE, progress=False)
+
+
+def test_every_method_has_a_row_with_its_compute_and_metrics(results):
+    c = results.config
+    table = results.table.set_index("method")
+    assert list(table.index) == list(ls.METHODS)
+    cost = ls.step_equivalents(c)
+    assert table["step_equivalents"].to_dict() == cost
+    # Random search gets the most expensive method's compute, in whole runs of T steps.
+    others = max(v for k, v in cost.items() if k != "random search")
+    assert others - c.T < cost["random search"] <= others
+    assert len(results.draws) == cost["random search"] // c.T
+    assert not table["diverged"].any()
+    for column in ("val_loss", "val_error", "test_accuracy", "wall_time"):
+        assert np.isfinite(table[column].to_numpy(float)).all(), column
+    assert (table["test_accuracy"] > 0.3).all()  # well above chance (10 classes) even at smoke size
+    assert table.loc["fixed", "lr_start"] in c.grid
+    assert table.loc["cosine", "lr_start"] == table.loc["fixed", "lr_start"]
+    for method in ls.ONLINE:  # every online method starts from the same η and moved it
+        assert table.loc[method, "lr_start"] == pytest.approx(c.lr)
+        assert table.loc[method, "lr_end"] != pytest.approx(c.lr, rel=1e-6), method
+
+
+def test_schedules_of_every_method(results):
+    c = results.config
+    assert set(results.curves) == set(ls.METHODS)
+    for method, curve in results.curves.items():
+        assert {"inner_steps", "lr", "val_loss"} <= set(curve.columns), method
+        assert curve["inner_steps"].iloc[-1] == c.T, method
+    assert len(results.curves["hypergradient descent"]) == c.T  # Δ = 1: one update per step
+    assert len(results.curves["RTHO"]) == len(results.curves["MARTHE"]) == c.T // c.delta
+    cosine = results.curves["cosine"]["lr"].to_numpy()
+    assert np.all(np.diff(cosine) < 0)  # decays
+    labels = {m: r.history.attrs["method"] for m, r in results.online.items()}
+    assert labels == {
+        "hypergradient descent": "hypergradient descent (Δ = 1)",
+        "RTHO": f"RTHO (Δ = {c.delta})",
+        "MARTHE": f"MARTHE (Δ = {c.delta})",
+    }
+
+
+def test_sensitivity_sweep_and_report(results, tmp_path):
+    c = results.config
+    sweep = results.sweep
+    assert len(sweep) == len(ls.ONLINE) * len(c.sweep)
+    assert set(sweep["method"]) == set(ls.ONLINE) and set(sweep["factor"]) == set(c.sweep)
+    main = results.table.set_index("method")
+    at_one = sweep[sweep["factor"] == 1.0].set_index("method")
+    for method in ls.ONLINE:  # factor 1 is the main run
+        assert at_one.loc[method, "test_accuracy"] == main.loc[method, "test_accuracy"]
+    paths = ls.write_report(results, tmp_path)
+    assert sorted(p.name for p in paths) == sorted(
+        ["lr-schedules.md", "lr-schedules.csv", "lr-schedules-schedules.png", "lr-schedules-sensitivity.png"]
+    )
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert len(pd.read_csv(tmp_path / "lr-schedules.csv")) == len(results.table)
+    assert "MARTHE" in results.summary() and "Sensitivity" in results.summary()
+    picked = results.by_loss()  # random search judged by the online methods' kind of objective
+    assert list(picked["seed"]) == list(c.seeds)
+    assert picked["val_loss"].iloc[0] == results.draws["val_loss"].min()
+
+
+def test_online_settings_scale_each_hyper_learning_rate():
+    base, scaled = ls.online_settings(ls.SMOKE), ls.online_settings(ls.SMOKE, 10.0)
+    assert [m for m in base] == list(ls.ONLINE)
+    for method in ls.ONLINE:
+        assert scaled[method][2] == pytest.approx(10 * base[method][2])
+        assert scaled[method][0] == base[method][0]  # the same hg.RealTime
+    assert base["hypergradient descent"][0].delta == 1 and base["hypergradient descent"][0].discount == 0.0
+    assert base["RTHO"][0].discount == 1.0 and base["MARTHE"][0].discount == "adapt"
+
+
+def test_cosine_schedule_and_compute():
+    lr = ls.cosine(100)
+    assert [round(float(lr(ls.hp_of(0.2, 1.0), s)), 6) for s in (0, 50, 100)] == [0.2, 0.1, 0.0]
+    assert [round(float(lr(ls.hp_of(0.2, 0.0), s)), 6) for s in (0, 50, 100)] == [0.2, 0.2, 0.2]
+    c = dataclasses.replace(ls.SMOKE, T=1000, delta=10, n_hyper=500, batch_size=100, grid=(0.1, 0.3, 1.0))
+    cost = ls.step_equivalents(c)
+    assert cost["hypergradient descent"] == 1000 * (2 + 5)  # a step, a tangent and a read-out on 500 images
+    assert cost["RTHO"] == 1000 * 2 + 100 * 5 and cost["MARTHE"] == cost["RTHO"] + 100
+    assert cost["fixed"] == 3000 and cost["cosine"] == 4000 and cost["random search"] == 7000
+
+
+def test_config_refuses_bad_settings():
+    for kwargs, match in [
+        (dict(delta=7), "must divide Config.T"),
+        (dict(sweep=(0.5, 2.0)), "must contain 1.0"),
+        (dict(n_hyper=600), "n_hyper"),
+        (dict(grid=()), "Config.grid"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(lr_range=(0.1, 0.01)), "lr_range"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(ls.SMOKE, **kwargs)

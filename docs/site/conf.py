@@ -44,7 +44,8 @@ extensions = [
     "hgkit_docs",
 ]
 
-exclude_patterns = ["_build", "**/.ipynb_checkpoints", "_ext"]
+# notebooks/results/: what running a notebook writes (git-ignored), never a page of the site.
+exclude_patterns = ["_build", "**/.ipynb_checkpoints", "_ext", "notebooks/results"]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
 

@@ -47,3 +47,26 @@ def mnist(train: Rows, val: Rows, test: Rows, dtype="float32") -> dict[str, tupl
         index = rows(y) if callable(rows) else slice(rows)
         out[name] = (jnp.asarray(x[index]), jnp.asarray(y[index]))
     return out
+
+
+def minibatch_fn(x: jax.Array, y: jax.Array, batch_size: int, steps: int, rng: np.random.Generator) -> Callable:
+    """The minibatch function ``step -> (x, y)`` of a run of ``steps`` steps: epochs of fresh permutations of the
+    rows (drawn from ``rng``), each cut into minibatches of ``batch_size`` (a last partial one dropped).
+
+    Example:
+        >>> batch = minibatch_fn(jnp.arange(10.0), jnp.arange(10), 4, 5, np.random.default_rng(0))
+        >>> xs = [batch(step)[0] for step in range(4)]
+        >>> [x.shape for x in xs[:2]], len(set(np.concatenate(xs[:2]).tolist()))  # one epoch: 8 distinct rows
+        ([(4,), (4,)], 8)
+    """
+    n = len(x)
+    per_epoch = n // batch_size
+    epochs = -(-steps // per_epoch)
+    order = np.concatenate([rng.permutation(n)[: per_epoch * batch_size] for _ in range(epochs)])
+    order = jnp.asarray(order.reshape(-1, batch_size)[:steps].astype(np.int32))
+
+    def batch(step):
+        idx = order[step]
+        return x[idx], y[idx]
+
+    return batch

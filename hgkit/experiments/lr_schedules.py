@@ -57,7 +57,7 @@ import pandas as pd
 import hgkit as hg
 
 from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
-from ._data import mnist
+from ._data import minibatch_fn, mnist
 from ._models import cross_entropy, error_rate, mlp, mlp_init, plain_training
 from ._report import markdown_table, over_seeds, save_figure, write_tables
 
@@ -195,15 +195,6 @@ def load_data(config: Config):
     return data
 
 
-def minibatches(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
-    """``(steps, batch_size)`` example indices: epochs of fresh permutations, cut into minibatches."""
-    rng = np.random.default_rng([seed, 2])
-    per_epoch = n // batch_size
-    epochs = -(-steps // per_epoch)
-    order = np.concatenate([rng.permutation(n)[: per_epoch * batch_size] for _ in range(epochs)])
-    return order.reshape(-1, batch_size)[:steps].astype(np.int32)
-
-
 def cosine(T: int):
     """The learning-rate spec ``(hparams, step) -> η`` of the plain runs: ``η_0 (1 − d (1 − cos(π step / T)) / 2)``
     with η_0 = ``hparams["lr"]`` and d = ``hparams["decay"]``: constant for d = 0, cosine decay to 0 for d = 1
@@ -220,11 +211,7 @@ def make_problems(config: Config, data, seed: int):
     """One seed's problems and minibatch function: ``"online"`` has η = ``hparams["lr"]``, ``"plain"`` the
     schedule :func:`cosine` (constant or decaying)."""
     x, y = data["train"]
-    order = jnp.asarray(minibatches(config.n_train, config.batch_size, config.T, seed))
-
-    def batch(step):
-        idx = order[step]
-        return x[idx], y[idx]
+    batch = minibatch_fn(x, y, config.batch_size, config.T, np.random.default_rng([seed, 2]))
 
     def loss(w, hp, b):
         return cross_entropy(mlp(w, b[0]), b[1])

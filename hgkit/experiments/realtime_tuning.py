@@ -49,7 +49,7 @@ import pandas as pd
 import hgkit as hg
 
 from ._config import check_positive_ints, check_seeds, check_split_sizes
-from ._data import mnist
+from ._data import minibatch_fn, mnist
 from ._models import cross_entropy, error_rate, mlp, mlp_init, plain_training, weight_norm2
 from ._report import markdown_table, mean_over_seeds, over_seeds, save_figure, write_tables
 
@@ -135,23 +135,10 @@ def load_data(config: Config):
     return mnist(train=config.n_train, val=config.n_val, test=config.n_test)
 
 
-def minibatches(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
-    """``(steps, batch_size)`` example indices: epochs of fresh permutations, cut into minibatches."""
-    rng = np.random.default_rng(seed)
-    per_epoch = n // batch_size
-    epochs = -(-steps // per_epoch)
-    order = np.concatenate([rng.permutation(n)[: per_epoch * batch_size] for _ in range(epochs)])
-    return order.reshape(-1, batch_size)[:steps].astype(np.int32)
-
-
 def make_problem(config: Config, data, seed: int):
     """The bilevel problem and its minibatch function ``step -> (x, y)`` for one seed."""
     x, y = data["train"]
-    order = jnp.asarray(minibatches(config.n_train, config.batch_size, config.T, seed))
-
-    def batch(step):
-        idx = order[step]
-        return x[idx], y[idx]
+    batch = minibatch_fn(x, y, config.batch_size, config.T, np.random.default_rng(seed))
 
     def train_loss(w, hp, b):
         return cross_entropy(mlp(w, b[0]), b[1]) + 0.5 * hp["wd"] * weight_norm2(w)

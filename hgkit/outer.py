@@ -72,7 +72,7 @@ from ._tree import PyTree, member, path_name, path_names
 from .history import RunInfo, StepReport, as_callbacks, notify
 from .hparams import check_hparams
 from .hypergrad import DivergenceError, Failure, HypergradientMethod, OnlineMethod
-from .hypergrad.base import check_method
+from .hypergrad.entry import check_method
 from .hypergrad.failures import explain
 from .problem import BilevelProblem
 

@@ -49,12 +49,12 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 
-from .._checks import positive_int, require_positive_int
+from .._checks import require_positive_int
 from .._tree import PyTree
 from ..problem import BilevelProblem, TrainState, objective_index
 from .failures import classify
 
-__all__ = ["HypergradientMethod", "HypergradientResult", "OnlineMethod", "check_method", "result"]
+__all__ = ["HypergradientMethod", "HypergradientResult", "OnlineMethod", "result"]
 
 
 class HypergradientResult(NamedTuple):
@@ -173,36 +173,6 @@ class OnlineMethod(HypergradientMethod):
         _, results = jax.lax.scan(body, carry, None, length=T // self.delta)
         last = jax.tree_util.tree_map(lambda x: x[-1], results)
         return last._replace(train_losses=results.train_losses.reshape(-1))
-
-
-def check_method(method: Any) -> HypergradientMethod:
-    """``method`` itself, or :class:`~hgkit.Reverse` for ``None``, after checking that it follows the contract.
-
-    The one check behind both entry points, :func:`hgkit.hypergradient` and :class:`hgkit.HyperOptimizer`.
-    """
-    if method is None:
-        from .reverse import Reverse  # the default; imported here because reverse.py imports this module
-
-        return Reverse()
-    if not isinstance(method, HypergradientMethod):
-        raise TypeError(
-            "method must be a hypergradient method: hg.Reverse(), hg.Forward(), hg.RealTime(delta=...), "
-            "hg.Implicit(), or your own subclass of hg.HypergradientMethod (a frozen dataclass with a run(...)); "
-            f"got {method!r}"
-        )
-    try:
-        hash(method)
-    except TypeError:
-        raise TypeError(
-            f"method {method!r} is not hashable; a method is a static argument of the compiled call: make it a "
-            "frozen dataclass (@dataclasses.dataclass(frozen=True)) with hashable fields"
-        ) from None
-    if isinstance(method, OnlineMethod) and not positive_int(getattr(method, "delta", None)):
-        raise TypeError(
-            f"{type(method).__name__} is an hg.OnlineMethod, so it needs a positive int attribute delta (the inner "
-            f"steps of one step(...)); got {getattr(method, 'delta', None)!r}"
-        )
-    return method
 
 
 def result(

@@ -22,13 +22,15 @@ from typing import Any
 
 import jax
 
+from .._checks import positive_int
 from .._tree import PyTree, is_traced
 from ..hparams import check_hparams
 from ..problem import BilevelProblem, TrainState
-from .base import HypergradientMethod, HypergradientResult, check_method
+from .base import HypergradientMethod, HypergradientResult, OnlineMethod
 from .failures import raise_if_diverged
+from .reverse import Reverse
 
-__all__ = ["hypergradient", "hypergradient_result"]
+__all__ = ["check_method", "hypergradient", "hypergradient_result"]
 
 
 def hypergradient_result(
@@ -99,3 +101,31 @@ def hypergradient(
     result = _compiled(problem, hparams, T, train_fn, train_batch, val_data, method, key)
     raise_if_diverged(result, T, hparams)
     return result.value, result.grads
+
+
+def check_method(method: Any) -> HypergradientMethod:
+    """``method`` itself, or :class:`~hgkit.Reverse` for ``None``, after checking that it follows the contract.
+
+    The one check behind both entry points, :func:`hgkit.hypergradient` and :class:`hgkit.HyperOptimizer`.
+    """
+    if method is None:
+        return Reverse()
+    if not isinstance(method, HypergradientMethod):
+        raise TypeError(
+            "method must be a hypergradient method: hg.Reverse(), hg.Forward(), hg.RealTime(delta=...), "
+            "hg.Implicit(), or your own subclass of hg.HypergradientMethod (a frozen dataclass with a run(...)); "
+            f"got {method!r}"
+        )
+    try:
+        hash(method)
+    except TypeError:
+        raise TypeError(
+            f"method {method!r} is not hashable; a method is a static argument of the compiled call: make it a "
+            "frozen dataclass (@dataclasses.dataclass(frozen=True)) with hashable fields"
+        ) from None
+    if isinstance(method, OnlineMethod) and not positive_int(getattr(method, "delta", None)):
+        raise TypeError(
+            f"{type(method).__name__} is an hg.OnlineMethod, so it needs a positive int attribute delta (the inner "
+            f"steps of one step(...)); got {getattr(method, 'delta', None)!r}"
+        )
+    return method

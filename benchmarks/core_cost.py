@@ -109,8 +109,8 @@ def contenders(T, train, val):
         "training": (jax.jit(lambda h: plain_objective(h, T, train, val)), (many,)),
         "hgkit reverse": hgkit_fn(hg.Reverse(), many),  # stores states here: a step's residuals are 70 states
         "hgkit reverse (forward-over-reverse)": hgkit_fn(hg.Reverse(hvp="forward-over-reverse"), many),
-        'hgkit reverse (store="residuals")': hgkit_fn(hg.Reverse(store="residuals"), many),
-        "hgkit reverse (Binomial(32))": hgkit_fn(hg.Reverse(checkpoint=hg.Binomial(32)), many),
+        "hgkit reverse (Residuals())": hgkit_fn(hg.Reverse(store=hg.Residuals()), many),
+        "hgkit reverse (Binomial(32))": hgkit_fn(hg.Reverse(store=hg.Binomial(32)), many),
         "hgkit forward, m=3": hgkit_fn(hg.Forward(), few),
         "hgkit real-time Δ=T, m=3": hgkit_fn(hg.RealTime(delta=T), few),
         "jax.grad through scan": (jax.jit(jax.grad(lambda h: plain_objective(h, T, train, val))), (many,)),

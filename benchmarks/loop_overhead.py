@@ -78,7 +78,8 @@ def main():
         out = []
         for _ in range(repeats):
             start = time.perf_counter()
-            jax.block_until_ready(bare(hp, train_data=train, val_data=val, key=jax.random.key(1)))
+            with jax.default_matmul_precision(problem.matmul_precision):  # as the loop runs it
+                jax.block_until_ready(bare(hp, train_data=train, val_data=val, key=jax.random.key(1)))
             out.append(time.perf_counter() - start)
         return out
 

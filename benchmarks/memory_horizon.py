@@ -5,16 +5,17 @@ hyperparameters: learning rate, momentum, log weight decay (m = 3, so forward mo
 
 Three parts (``--part``, all by default):
 
-* ``horizons``: for T in (100, 1000, 5000) and each method, XLA's compiled temporary memory (deterministic; also
-  in units of the training state |s|), the median wall time of the compiled hypergradient (of 3 calls; one call at
+* ``horizons``: for T in (100, 1000, 5000) and each method, the compiled program's memory (deterministic;
+  :func:`hgkit.hypergrad.planner.program_bytes`, temporaries plus outputs, as hgkit defines memory; also in units of
+  the training state |s|), the median wall time of the compiled hypergradient (of 3 calls; one call at
   T = 5000), and both as ratios to full reverse mode at the same T. ``--rss`` adds the peak resident memory of a
   fresh process per point (slower). Truncation at K = 100 is left out at T = 100, where it is full reverse mode;
-  ``store="residuals"`` (on this MLP one step's residuals are 17.9 states) at T = 5000.
+  ``store=hg.Residuals()`` (on this MLP one step's residuals are 17.9 states) at T = 5000.
 * ``long``: full reverse, √T and binomial checkpointing with 32 slots at T = 1,000, 10,000 and 50,000: compiled
   memory in units of |s| and time ÷ full reverse's, timed back to back in CPU time (the median over rounds of
   the ratio within a round: a loaded machine shifts it less than separate medians; ``--time-up-to`` leaves the
   longest horizons memory only).
-* ``budget``: the planner (``hg.Reverse(memory=B)``) at T = 10,000 for budgets from binomial checkpointing with
+* ``budget``: the planner (``hg.Reverse.within(B, ...)``) at T = 10,000 for budgets from binomial checkpointing with
   4 slots up to every step's residuals: the plan it picks, its compiled memory (≤ B) and its time ÷ full
   reverse's; the curve of time against memory goes to ``docs/results/memory-budget/`` (PNG and CSV).
 
@@ -34,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import hgkit as hg
+from hgkit.hypergrad.planner import program_bytes
 
 N, D, HIDDEN, CLASSES = 256, 32, 64, 10
 
@@ -72,9 +74,9 @@ PROBLEM = hg.BilevelProblem(
 HP = {"lr": jnp.asarray(0.3), "mu": jnp.asarray(0.5), "log_wd": jnp.asarray(-6.0)}
 METHODS = {
     "reverse": hg.Reverse(),  # stores states here (one step's residuals are 17.9 states)
-    "reverse checkpoint=sqrt": hg.Reverse(checkpoint="sqrt"),
-    "reverse Binomial(32)": hg.Reverse(checkpoint=hg.Binomial(32)),
-    "reverse store=residuals": hg.Reverse(store="residuals"),
+    "reverse Segments(sqrt)": hg.Reverse(store=hg.Segments("sqrt")),
+    "reverse Binomial(32)": hg.Reverse(store=hg.Binomial(32)),
+    "reverse Residuals()": hg.Reverse(store=hg.Residuals()),
     "reverse truncate=100": hg.Reverse(truncate=100),
     "forward (m=3)": hg.Forward(),
     "implicit (cg, 50 it.)": hg.Implicit(
@@ -123,12 +125,12 @@ def back_to_back(executables: dict, rounds: int, clock: str = "cpu") -> dict:
 def long_horizons(horizons, train, val, s_bytes, time_up_to=50_000, rounds=3):
     """Full reverse, √T and binomial checkpointing (32 slots) at long horizons: memory in |s|, time ÷ reverse
     (CPU time, back to back; horizons above ``time_up_to``: memory only)."""
-    names = ("reverse", "reverse checkpoint=sqrt", "reverse Binomial(32)")
-    head = f"{'T':>6s} {'method':26s} {'XLA temp MiB':>12s} {'temp/|s|':>9s} {'mem/rev':>8s} {'time/rev':>9s}"
+    names = ("reverse", "reverse Segments(sqrt)", "reverse Binomial(32)")
+    head = f"{'T':>6s} {'method':26s} {'memory MiB':>12s} {'mem/|s|':>9s} {'mem/rev':>8s} {'time/rev':>9s}"
     print(f"\n{head} {'CPU s':>8s}")
     for T in horizons:
         executables = {n: compiled(n, T, train, val).lower(HP).compile() for n in names}
-        mem = {n: e.memory_analysis().temp_size_in_bytes for n, e in executables.items()}
+        mem = {n: program_bytes(e) for n, e in executables.items()}
         ratios = {n: (float("nan"), float("nan")) for n in names}
         if T <= time_up_to:
             # Compiled ahead of time: no warm-up call needed; one round at the longest horizons.
@@ -143,26 +145,27 @@ def long_horizons(horizons, train, val, s_bytes, time_up_to=50_000, rounds=3):
 
 def budget_curve(T, train, val, s_bytes, slots=(4, 8, 16, 32, 64, 128), max_gib=8.0, plot=True):
     """The planner's choice against the budget at horizon T: the least budget of each plan, its compiled memory
-    and its time ÷ full reverse's (back to back, 2 rounds); a PNG and CSV under ``docs/results/memory-budget``.
+    (:func:`~hgkit.hypergrad.planner.program_bytes`, the unit of the budget) and its time ÷ full reverse's (back to
+    back, 2 rounds); a PNG and CSV under ``docs/results/memory-budget``.
 
-    ``store="residuals"`` is measured beside them (``Reverse(store="residuals")``): the planner does not choose it
-    on this MLP, where one step's residuals are 17.9 states."""
+    ``hg.Reverse(store=hg.Residuals())`` is measured beside them: the planner does not choose it on this MLP, where
+    one step's residuals are 17.9 states."""
     import pandas as pd
 
     def least(method):
-        return method.plan(PROBLEM, HP, T, train, val).predicted_bytes
+        return hg.plan(method, PROBLEM, HP, T, train, val).predicted_bytes
 
-    budgets = [least(hg.Reverse(checkpoint=hg.Binomial(s))) for s in slots]
-    budgets += [least(hg.Reverse(checkpoint="sqrt")), least(hg.Reverse(store="states"))]
-    points = [(b, hg.Reverse(memory=b)) for b in sorted(set(budgets))]
-    points.append((least(hg.Reverse(store="residuals")), hg.Reverse(store="residuals")))
-    reverse = compile_method(hg.Reverse(store="states"), T, train, val).lower(HP).compile()
+    budgets = [least(hg.Reverse(store=hg.Binomial(s))) for s in slots]
+    budgets += [least(hg.Reverse(store=hg.Segments("sqrt"))), least(hg.Reverse(store=hg.States()))]
+    points = [(b, hg.Reverse.within(b, PROBLEM, HP, T, train, val), True) for b in sorted(set(budgets))]
+    points.append((least(hg.Reverse(store=hg.Residuals())), hg.Reverse(store=hg.Residuals()), False))
+    reverse = compile_method(hg.Reverse(store=hg.States()), T, train, val).lower(HP).compile()
     jax.block_until_ready(reverse(HP))
     rows, seen = [], set()
     print(f"\nT = {T}: the planner's plan for each budget (time ÷ full reverse mode, back to back)")
-    for budget, method in points:
-        plan = method.plan(PROBLEM, HP, T, train, val)
-        what = plan.store if plan.checkpoint is None else repr(plan.checkpoint)
+    for budget, method, chosen in points:
+        plan = hg.plan(method, PROBLEM, HP, T, train, val)
+        what = repr(plan.store)
         if what in seen:
             continue
         seen.add(what)
@@ -170,22 +173,22 @@ def budget_curve(T, train, val, s_bytes, slots=(4, 8, 16, 32, 64, 128), max_gib=
             print(f"  budget {budget / 2**20:9.1f} MiB: {what}, skipped (over --max-gib {max_gib})")
             continue
         executable = compile_method(method, T, train, val).lower(HP).compile()
-        temp = executable.memory_analysis().temp_size_in_bytes
+        temp = program_bytes(executable)
         jax.block_until_ready(executable(HP))
         ratio, seconds = back_to_back({"reverse": reverse, "plan": executable}, rounds=2)["plan"]
         rows.append(
             dict(
-                T=T, budget_mib=budget / 2**20, plan=what, chosen_by_planner=method.memory is not None,
+                T=T, budget_mib=budget / 2**20, plan=what, chosen_by_planner=chosen,
                 predicted_mib=plan.predicted_bytes / 2**20, compiled_mib=temp / 2**20,
                 compiled_states=temp / s_bytes, fits=temp <= budget, prediction_error=plan.predicted_bytes / temp - 1,
                 steps_per_step=plan.recompute_factor, time_ratio=ratio, seconds=seconds,
             )
         )  # fmt: skip
         print(
-            f"  budget {budget / 2**20:9.2f} MiB ({budget / s_bytes:8.0f}·|s|): {what:22s} compiled "
+            f"  budget {budget / 2**20:9.2f} MiB ({budget / s_bytes:8.0f}·|s|): {what:24s} compiled "
             f"{temp / 2**20:9.2f} MiB (prediction {100 * rows[-1]['prediction_error']:+.1f}%), "
             f"{plan.recompute_factor:5.2f} steps per step, time {ratio:5.2f}× reverse ({seconds:.2f} s)"
-            + ("" if method.memory is not None else "  [store='residuals' given: not the planner's choice]"),
+            + ("" if chosen else "  [Residuals() given: not the planner's choice]"),
             flush=True,
         )
     table = pd.DataFrame(rows)
@@ -207,23 +210,26 @@ def _plot(table, T, s_bytes, path):
     chosen, given = table[table.chosen_by_planner], table[~table.chosen_by_planner]
     ax.plot(
         chosen.compiled_mib, chosen.time_ratio, "o-", color="tab:blue",
-        label="hg.Reverse(memory=B)'s plan (s=…: binomial checkpointing, s slots)",
+        label="hg.Reverse.within(B, ...)'s plan (s=…: binomial checkpointing, s slots)",
     )  # fmt: skip
-    ax.plot(given.compiled_mib, given.time_ratio, "s", color="tab:orange", label='hg.Reverse(store="residuals")')
+    ax.plot(given.compiled_mib, given.time_ratio, "s", color="tab:orange", label="hg.Reverse(store=hg.Residuals())")
     ax.legend(fontsize=8, loc="upper center")
     for row in table.itertuples():
         binomial = row.plan.startswith("Binomial")
         label = row.plan.replace("Binomial(slots=", "s=").replace(")", "") if binomial else row.plan.replace("'", "")
-        label = {"sqrt": "√T", "states": "every state", "residuals": "every step's residuals"}.get(label, label)
+        names = {"Segments(length=sqrt)": "√T", "States()": "every state", "Residuals()": "every step's residuals"}
+        # (the committed CSV was written before 0.3, with the plans named "sqrt", "states", "residuals")
+        names.update({"sqrt": "√T", "states": "every state", "residuals": "every step's residuals"})
+        label = names.get(label, label)
         offset = (6, -3) if binomial else (-8, 8)  # binomial: "s=slots" to the right; the others above
         ax.annotate(label, (row.compiled_mib, row.time_ratio), textcoords="offset points", xytext=offset, fontsize=8)
     ax.set_xscale("log")
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-    ax.set_xlabel("XLA temporary memory of the hypergradient (MiB, log scale)")
+    ax.set_xlabel("compiled memory of the hypergradient (MiB, log scale)")
     ax.set_ylabel("time ÷ full reverse mode (states)")
     top = ax.secondary_xaxis("top", functions=(lambda m: m * 2**20 / s_bytes, lambda n: n * s_bytes / 2**20))
     top.set_xlabel("in training states |s|")
-    fig.suptitle(f"hg.Reverse(memory=B): the fastest plan that fits, T = {T:,} (MLP 32-64-10)", fontsize=10)
+    fig.suptitle(f"hg.Reverse.within(B, ...): the fastest plan that fits, T = {T:,} (MLP 32-64-10)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -270,7 +276,7 @@ def main():
 
 def horizons(args, train, val, s_bytes):
     horizons = (100, 500) if args.quick else (100, 1000, 5000)
-    head = f"{'T':>5s} {'method':26s} {'XLA temp MiB':>12s} {'temp/|s|':>9s} {'mem/rev':>8s} {'time s':>8s}"
+    head = f"{'T':>5s} {'method':26s} {'memory MiB':>12s} {'mem/|s|':>9s} {'mem/rev':>8s} {'time s':>8s}"
     head += f" {'time/rev':>9s}"
     print(head + (f" {'peak RSS MiB':>12s}" if args.rss else ""))
     for T in horizons:
@@ -279,11 +285,11 @@ def horizons(args, train, val, s_bytes):
         for name in METHODS:
             if name.startswith("reverse truncate") and T <= 100:
                 continue  # K = 100 = T is full reverse mode
-            if name == "reverse store=residuals" and T > 1000:
+            if name == "reverse Residuals()" and T > 1000:
                 continue  # 17.9 states a step: 2 GiB at T = 5000, for the time of full reverse
             executable = compiled(name, T, train, val).lower(HP).compile()  # compiled once, timed after
             sec = core_cost.median_time(executable, (HP,), repeats, warmup=False)
-            mem = executable.memory_analysis().temp_size_in_bytes
+            mem = program_bytes(executable)
             base = base or (mem, sec)
             line = (
                 f"{T:5d} {name:26s} {mem / 2**20:12.2f} {mem / s_bytes:9.1f} {mem / base[0]:8.3f} "

@@ -31,7 +31,7 @@ are compiled in one fresh process and timed back to back, each once per round in
 contender, the median over rounds of its time ÷ ``jax.grad``'s in the same round (wall time, and the process's CPU
 time, which other processes on a shared machine inflate far less), and XLA's compiled temporary memory ÷
 ``jax.grad``'s (e.g. ``--interleaved --problems logreg --T 1000 --contenders 'hgkit Reverse()'
-'hgkit Reverse(store="residuals")'``).
+'hgkit Reverse(store=Residuals())'``).
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ MANY_DIRECTIONS = "m=501 directions: O(T·m) — the mode for few hyperparameter
 CONTENDERS = {
     "jax training (no gradient)": ("jax", PROBLEMS),
     "hgkit Reverse()": ("jax", PROBLEMS),
-    'hgkit Reverse(checkpoint="sqrt")': ("jax", PROBLEMS),
-    'hgkit Reverse(store="states")': ("jax", PROBLEMS),
-    'hgkit Reverse(store="residuals")': ("jax", PROBLEMS),
-    "hgkit Reverse(checkpoint=Binomial(32))": ("jax", PROBLEMS),
+    'hgkit Reverse(store=Segments("sqrt"))': ("jax", PROBLEMS),
+    "hgkit Reverse(store=States())": ("jax", PROBLEMS),
+    "hgkit Reverse(store=Residuals())": ("jax", PROBLEMS),
+    "hgkit Reverse(store=Binomial(32))": ("jax", PROBLEMS),
     "hgkit Forward()": ("jax", ("mlp",)),
     "hgkit RealTime(delta=T)": ("jax", ("mlp",)),
     "jax.grad through lax.scan": ("jax", PROBLEMS),
@@ -159,14 +159,14 @@ def jax_contender(name: str, problem: str, T: int, data, dtype="float32"):
         )
         if name in ("hgkit Reverse()", REFERENCE):
             method = hg.Reverse()
-        elif name == 'hgkit Reverse(checkpoint="sqrt")':
-            method = hg.Reverse(checkpoint="sqrt")
-        elif name == 'hgkit Reverse(store="states")':
-            method = hg.Reverse(store="states")
-        elif name == 'hgkit Reverse(store="residuals")':
-            method = hg.Reverse(store="residuals")
-        elif name == "hgkit Reverse(checkpoint=Binomial(32))":
-            method = hg.Reverse(checkpoint=hg.Binomial(32))
+        elif name == 'hgkit Reverse(store=Segments("sqrt"))':
+            method = hg.Reverse(store=hg.Segments("sqrt"))
+        elif name == "hgkit Reverse(store=States())":
+            method = hg.Reverse(store=hg.States())
+        elif name == "hgkit Reverse(store=Residuals())":
+            method = hg.Reverse(store=hg.Residuals())
+        elif name == "hgkit Reverse(store=Binomial(32))":
+            method = hg.Reverse(store=hg.Binomial(32))
         elif name == "hgkit Forward()":
             method = hg.Forward(max_directions=None)
         elif name == "hgkit RealTime(delta=T)":

@@ -5,7 +5,7 @@ Franceschi, Donini, Frasconi, Pontil, "Forward and Reverse Gradient-Based Hyperp
 
 from . import constraints, history, optim, schedules
 from ._checkpoint import CheckpointError
-from ._tree import ArrayView, PyTree
+from ._tree import PyTree
 from .history import RunInfo
 from .hparams import MissingHyperparameterError
 from .hypergrad import (
@@ -17,20 +17,38 @@ from .hypergrad import (
     HypergradientResult,
     Implicit,
     OnlineMethod,
+    Plan,
     RealTime,
     RealTimeState,
+    Residuals,
+    Reversal,
     Reverse,
+    Segments,
+    States,
+    Steps,
+    Store,
     hypergradient,
     hypergradient_result,
+    plan,
     raise_if_diverged,
+    result,
 )
 from .outer import HyperDivergenceError, HyperOptimizationResult, HyperOptimizer
-from .problem import BilevelProblem, TrainState, Trajectory, initial_state, objectives, train_step, unroll
+from .problem import (
+    BilevelProblem,
+    TrainState,
+    Trajectory,
+    batch_at,
+    initial_state,
+    objectives,
+    outer_derivatives,
+    train_step,
+    unroll,
+)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
-    "ArrayView",
     "BilevelProblem",
     "Binomial",
     "CheckpointError",
@@ -45,13 +63,21 @@ __all__ = [
     "Implicit",
     "MissingHyperparameterError",
     "OnlineMethod",
+    "Plan",
     "PyTree",
     "RealTime",
     "RealTimeState",
+    "Residuals",
+    "Reversal",
     "Reverse",
     "RunInfo",
+    "Segments",
+    "States",
+    "Steps",
+    "Store",
     "TrainState",
     "Trajectory",
+    "batch_at",
     "constraints",
     "history",
     "hypergradient",
@@ -59,7 +85,10 @@ __all__ = [
     "initial_state",
     "objectives",
     "optim",
+    "outer_derivatives",
+    "plan",
     "raise_if_diverged",
+    "result",
     "schedules",
     "train_step",
     "unroll",

@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ._tree import PyTree, all_finite, unview
+from ._tree import PyTree, all_finite
 from .constraints import Constraint
 from .history import StepReport, vector_stats
 from .hypergrad import Failure, HypergradientMethod, OnlineMethod, hypergradient_result
-from .problem import BilevelProblem, initial_state
+from .problem import BilevelProblem, initial_state, precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ def hyper_step(spec: StepSpec, T, train_fn, u, opt_state, carry, iteration, key,
         grad_norm=optax.tree.norm(res.grads),
         grad_norms=tuple(jnp.linalg.norm(jnp.ravel(g)) for g in jax.tree_util.tree_leaves(res.grads)),
         hp=tuple(x if x.size == 1 else vector_stats(x) for x in jax.tree_util.tree_leaves(hp)),
-        metrics=tuple(fn(unview(res.state.params), hp) for _, fn in spec.metrics),
+        metrics=tuple(fn(res.state.params, hp) for _, fn in spec.metrics),
         failure=jnp.where(update_failed, jnp.int32(Failure.UPDATE_NONFINITE), res.failure),
         failed_at=res.failed_at,
         solve_residual=res.solve_residual,
@@ -130,12 +130,13 @@ def templates(spec: StepSpec, P, T, train_fn, u0, keys, train_batch, val_data) -
     Found by tracing the step on shapes alone, which also checks the data and the problem before anything runs.
     """
     carry_axes = (0, None if keys is None else 0)
-    carry = jax.eval_shape(per_member(P, functools.partial(initial_carry, spec), carry_axes), u0, keys)
-    opt_state = jax.eval_shape(per_member(P, spec.tx.init), u0)
-    args = (u0, opt_state, carry, jnp.int32(0), keys, train_batch, val_data)
-    if P is None:
-        out = jax.eval_shape(functools.partial(compiled_step, spec, T, train_fn), *args)
-    else:
-        out = jax.eval_shape(functools.partial(population_step, spec, T, train_fn), *args, np.ones(P, bool))
+    with precision(spec.problem):  # as the calls will run: their traces are then reused
+        carry = jax.eval_shape(per_member(P, functools.partial(initial_carry, spec), carry_axes), u0, keys)
+        opt_state = jax.eval_shape(per_member(P, spec.tx.init), u0)
+        args = (u0, opt_state, carry, jnp.int32(0), keys, train_batch, val_data)
+        if P is None:
+            out = jax.eval_shape(functools.partial(compiled_step, spec, T, train_fn), *args)
+        else:
+            out = jax.eval_shape(functools.partial(population_step, spec, T, train_fn), *args, np.ones(P, bool))
     tree = jax.tree_util.tree_structure
     return dict(u=spec.treedef, opt_state=tree(opt_state), carry=tree(carry), state=tree(out[3]), last_hp=spec.treedef)

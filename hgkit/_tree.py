@@ -5,12 +5,16 @@ Example:
     >>> floats, rest = partition({"w": jnp.ones(2), "count": jnp.int32(3)})
     >>> floats["count"] is None, rest["w"] is None
     (True, True)
+    >>> arrays, static = partition({"w": jnp.ones(2), "act": jnp.tanh}, keep=is_array)
+    >>> arrays["act"] is None, static["act"] is jnp.tanh, combine(arrays, static)["w"] is arrays["w"]
+    (True, True, True)
     >>> path_names({"opt": {"lr": 0.1}, "wd": 0.0})
     ['opt/lr', 'wd']
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 import jax
@@ -28,16 +32,25 @@ def is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def partition(tree: PyTree) -> tuple[PyTree, PyTree]:
-    """Split a pytree into its float leaves (differentiated) and the rest (step counters: carried along)."""
-    floats = tree_map(lambda x: x if is_float(x) else None, tree)
-    rest = tree_map(lambda x: None if is_float(x) else x, tree)
-    return floats, rest
+def is_array(x) -> bool:
+    """Whether ``x`` is an array leaf (concrete, traced or abstract): what training carries and differentiates;
+    any other leaf of a model (an activation function, a Python int, a string) is static."""
+    return isinstance(x, jax.Array | np.ndarray | np.generic | jax.ShapeDtypeStruct)
 
 
-def combine(floats: PyTree, rest: PyTree) -> PyTree:
+def partition(tree: PyTree, keep: Callable[[Any], bool] = is_float) -> tuple[PyTree, PyTree]:
+    """Split a pytree in two of its own structure: the leaves ``keep`` accepts, with None elsewhere, and the rest,
+    with None where the first has a leaf (as ``equinox.partition``). The one splitter hgkit uses: the float leaves
+    (differentiated) from the step counters by default, a model's arrays from its static leaves with
+    ``keep=is_array``."""
+    kept = tree_map(lambda x: x if keep(x) else None, tree)
+    rest = tree_map(lambda x: None if keep(x) else x, tree)
+    return kept, rest
+
+
+def combine(kept: PyTree, rest: PyTree) -> PyTree:
     """The inverse of :func:`partition`."""
-    return tree_map(lambda a, b: b if a is None else a, floats, rest, is_leaf=lambda x: x is None)
+    return tree_map(lambda a, b: b if a is None else a, kept, rest, is_leaf=lambda x: x is None)
 
 
 def all_finite(tree: PyTree) -> jax.Array:
@@ -94,98 +107,41 @@ def is_traced(tree: PyTree) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
 
 
-# ----- parameters with static leaves (Equinox modules, flax nnx modules, ...) -----------------------------------
+# ----- models with static leaves (Equinox modules, flax nnx modules, ...) ----------------------------------------
 
 
-def is_array(x) -> bool:
-    """Whether ``x`` is an array leaf (concrete, traced or abstract): what training carries and differentiates."""
-    return isinstance(x, jax.Array | np.ndarray | np.generic | jax.ShapeDtypeStruct)
+class Static:
+    """The static part of a model (its non-array leaves, None where the arrays are), hashable and compared by
+    value, so that it can live in a pytree's structure (:class:`~hgkit.TrainState` keeps it there): jit, vmap,
+    scan and checkpoints then see the arrays only, and the model is rebuilt as written with :func:`combine`."""
+
+    __slots__ = ("_key", "tree")
+
+    def __init__(self, tree: PyTree):
+        self.tree = tree
+        leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: x is None)
+        self._key = (treedef, tuple(leaves))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Static) and self._key == other._key
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        return f"Static({self.tree!r})"
 
 
-@jax.tree_util.register_pytree_with_keys_class
-class ArrayView:
-    """A model object seen through its arrays: the array leaves are its pytree children, every other leaf (an
-    activation function, a Python int, a string) is static, part of the pytree's structure.
-
-    This is how a model whose leaves are not all arrays (an ``equinox.nn.MLP`` holds its activation functions) is
-    trained, differentiated, vmapped, checkpointed and given optimizer state: JAX and the optimizer see only the
-    arrays. ``view.tree`` is the model itself; the view also passes attribute access and calls on to it, so
-    ``state.params(x)`` and ``state.params.layers`` work as on the model. Static leaves must be hashable (they are
-    compared and hashed as part of the structure, e.g. in jit's cache).
-
-    Which leaves are arrays is decided once, when the view is made from the model; JAX's own rebuilding of the
-    pytree (with tracers or placeholders in the array slots) keeps that decision.
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> view = ArrayView({"w": jnp.ones(2), "act": jnp.tanh, "depth": 3})
-        >>> [leaf.shape for leaf in jax.tree_util.tree_leaves(view)]  # the arrays only
-        [(2,)]
-        >>> doubled = jax.tree_util.tree_map(lambda x: 2 * x, view)
-        >>> doubled.tree["w"].tolist(), doubled.tree["act"] is jnp.tanh, doubled["depth"]
-        ([2.0, 2.0], True, 3)
-    """
-
-    __slots__ = ("_aux", "_children", "_tree")
-
-    def __init__(self, tree):
-        # None is kept as a position (an absent bias, or an array slot a tree_map emptied), so that the structure
-        # is the same whatever the arrays were mapped to.
-        with_path, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
-        slots = [i for i, (_, x) in enumerate(with_path) if is_array(x) or x is None]
-        keys = tuple(jax.tree_util.keystr(with_path[i][0]) for i in slots)
-        static = tuple((i, x) for i, (_, x) in enumerate(with_path) if i not in set(slots))
-        self._aux = (treedef, static, keys)
-        self._children = [with_path[i][1] for i in slots]
-        self._tree = tree
-
-    @property
-    def tree(self):
-        """The model object, rebuilt from the arrays and the static leaves."""
-        if self._tree is None:
-            treedef, static, _ = self._aux
-            fixed, it = dict(static), iter(self._children)
-            leaves = [fixed[i] if i in fixed else next(it) for i in range(treedef.num_leaves)]
-            self._tree = jax.tree_util.tree_unflatten(treedef, leaves)
-        return self._tree
-
-    def tree_flatten_with_keys(self):
-        return [(jax.tree_util.DictKey(k), x) for k, x in zip(self._aux[2], self._children, strict=True)], self._aux
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        view = object.__new__(cls)
-        view._aux, view._children, view._tree = aux, list(children), None
-        return view
-
-    def __getattr__(self, name):
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.tree, name)
-
-    def __getitem__(self, key):
-        return self.tree[key]
-
-    def __call__(self, *args, **kwargs):
-        return self.tree(*args, **kwargs)
-
-    def __repr__(self):
-        return f"ArrayView({self.tree!r})"
-
-
-def has_static_leaves(tree) -> bool:
-    """Whether some leaf of ``tree`` is not an array (so it needs an :class:`ArrayView` to be trained)."""
-    return not all(is_array(x) for x in jax.tree_util.tree_leaves(tree))
-
-
-def as_view(tree):
-    """``tree`` itself if all its leaves are arrays (or it is a view already), else its :class:`ArrayView`.
+def split_model(model: PyTree) -> tuple[PyTree, Static | None]:
+    """``(arrays, static)``: the model's arrays (its own structure, None at the static leaves) and its static part,
+    ``None`` when every leaf is an array (the model is then its own arrays).
 
     Refuses, naming the path, a non-array leaf that cannot be static (an unhashable one).
     """
-    if isinstance(tree, ArrayView) or not has_static_leaves(tree):
-        return tree
-    for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    leaves = jax.tree_util.tree_leaves_with_path(model)
+    if all(is_array(x) for _, x in leaves):
+        return model, None
+    for path, x in leaves:
         if not is_array(x):
             try:
                 hash(x)
@@ -196,9 +152,10 @@ def as_view(tree):
                     "values such as functions, ints and strings (carried unchanged): make this field an array, or "
                     "a hashable value (e.g. a tuple instead of a list), or mark it static in your model library."
                 ) from None
-    return ArrayView(tree)
+    arrays, static = partition(model, keep=is_array)
+    return arrays, Static(static)
 
 
-def unview(tree):
-    """The object an :class:`ArrayView` shows (anything else unchanged)."""
-    return tree.tree if isinstance(tree, ArrayView) else tree
+def join_model(arrays: PyTree, static: Static | None) -> PyTree:
+    """The inverse of :func:`split_model`: the model as written."""
+    return arrays if static is None else combine(arrays, static.tree)

@@ -77,6 +77,8 @@ class RunInfo:
         metrics: the metrics' names.
         hyper_iterations: the run's length (None if unknown).
         method: the method's label (``"reverse mode"``).
+        matmul_precision: the precision of the matrix products the run computed with (the problem's
+            ``matmul_precision``: ``"highest"`` by default; None for JAX's default, or unknown).
         population: the number of members of a population, or None for a single run.
         log_scale: the hyperparameters whose scale is logarithmic (constrained with
             :func:`hgkit.constraints.log`, ``λ = exp u``): the plots and the dashboard draw them on a log axis
@@ -90,6 +92,7 @@ class RunInfo:
     metrics: tuple[str, ...] = ()
     hyper_iterations: int | None = None
     method: str | None = None
+    matmul_precision: str | None = None
     population: int | None = None
     log_scale: tuple[str, ...] = ()
 
@@ -101,7 +104,7 @@ class RunInfo:
             object.__setattr__(self, name, tuple(value))
 
     @classmethod
-    def describe(cls, hparams: PyTree, objective_names: Sequence[str], metrics: Iterable[str] = (), **more):
+    def create(cls, hparams: PyTree, objective_names: Sequence[str], metrics: Iterable[str] = (), **more):
         """The info of a run over ``hparams`` (one member's, for a population) and the problem's objectives."""
         leaves = jax.tree_util.tree_leaves(hparams)
         names = path_names(hparams)
@@ -153,7 +156,7 @@ class RunInfo:
     def attrs(self) -> dict:
         """What the history keeps in ``history.attrs`` (lists and plain values: pandas copies them)."""
         out = {k: list(getattr(self, k)) for k in ("hyperparameters", "scalars", "vectors", "objectives", "metrics")}
-        out.update(method=self.method, hyper_iterations=self.hyper_iterations)
+        out.update(method=self.method, matmul_precision=self.matmul_precision, hyper_iterations=self.hyper_iterations)
         if self.population is not None:
             out["population"] = self.population
         if self.log_scale:

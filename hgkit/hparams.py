@@ -28,8 +28,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._tree import ArrayView, as_view
-
 Spec = float | str | Callable[[Any, Any], Any]
 
 
@@ -78,15 +76,15 @@ def resolve(spec: Spec, hparams: Any, step: Any, *, name: str) -> Any:
     return spec
 
 
-def per_leaf(value: Any, params: Any) -> list:
+def per_parameter(value: Any, params: Any) -> list:
     """``value`` as one entry per leaf of ``params``.
 
     A hyperparameter is either shared by every parameter (a scalar, or an array that broadcasts) or given
-    per parameter as a pytree with the structure of ``params`` (per-parameter learning rates, decays).
+    per parameter as a pytree with the structure of ``params`` (per-parameter learning rates, decays). For a model
+    with static leaves, ``params`` is its arrays (``state.arrays``, None at the static leaves), the structure
+    ``eqx.filter(model, eqx.is_array)`` gives.
     """
     p_def = jax.tree_util.tree_structure(params)
-    if isinstance(params, ArrayView) and not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value)):
-        value = as_view(value)  # shaped like the model object itself: seen through its arrays, as params are
     v_leaves, v_def = jax.tree_util.tree_flatten(value)
     if v_def == p_def and p_def.num_leaves > 1:
         return v_leaves

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .hparams import Spec, per_leaf, resolve
+from .hparams import Spec, per_parameter, resolve
 
 __all__ = ["Optimizer", "sgd", "momentum", "adam", "from_optax"]
 
@@ -61,7 +61,7 @@ def sgd(lr: Spec) -> Optimizer:
         return ()
 
     def update(grads, state, params, hparams, step):
-        eta = per_leaf(resolve(lr, hparams, step, name="lr"), params)
+        eta = per_parameter(resolve(lr, hparams, step, name="lr"), params)
         return _map(lambda w, g, e: w - e * g, params, grads, eta), state
 
     return Optimizer(init, update)
@@ -83,8 +83,8 @@ def momentum(lr: Spec, momentum: Spec, nesterov: bool = False) -> Optimizer:
         return jax.tree_util.tree_map(jnp.zeros_like, params)
 
     def update(grads, velocity, params, hparams, step):
-        eta = per_leaf(resolve(lr, hparams, step, name="lr"), params)
-        mu = per_leaf(resolve(momentum, hparams, step, name="momentum"), params)
+        eta = per_parameter(resolve(lr, hparams, step, name="lr"), params)
+        mu = per_parameter(resolve(momentum, hparams, step, name="momentum"), params)
         v = _map(lambda v, g, m: m * v + g, velocity, grads, mu)
         if nesterov:
             direction = _map(lambda g, v, m: g + m * v, grads, v, mu)
@@ -125,10 +125,10 @@ def adam(lr: Spec, b1: Spec = 0.9, b2: Spec = 0.999, eps: Spec = 1e-8) -> Optimi
 
     def update(grads, state, params, hparams, step):
         k = step + 1
-        eta = per_leaf(resolve(lr, hparams, step, name="lr"), params)
-        beta1 = per_leaf(resolve(b1, hparams, step, name="b1"), params)
-        beta2 = per_leaf(resolve(b2, hparams, step, name="b2"), params)
-        epsilon = per_leaf(resolve(eps, hparams, step, name="eps"), params)
+        eta = per_parameter(resolve(lr, hparams, step, name="lr"), params)
+        beta1 = per_parameter(resolve(b1, hparams, step, name="b1"), params)
+        beta2 = per_parameter(resolve(b2, hparams, step, name="b2"), params)
+        epsilon = per_parameter(resolve(eps, hparams, step, name="eps"), params)
         mu = _map(lambda m, g, b: b * m + (1 - b) * g, state.mu, grads, beta1)
         nu = _map(lambda v, g, b: b * v + (1 - b) * g * g, state.nu, grads, beta2)
 

@@ -54,14 +54,12 @@ import functools
 import time
 import warnings
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pandas as pd
-from tqdm.auto import tqdm
 
 from . import constraints as C
 from ._checkpoint import load_checkpoint, save_checkpoint
@@ -74,7 +72,10 @@ from .hparams import check_hparams
 from .hypergrad import DivergenceError, Failure, HypergradientMethod, OnlineMethod
 from .hypergrad.entry import check_method
 from .hypergrad.failures import explain
-from .problem import BilevelProblem
+from .problem import BilevelProblem, precision
+
+if TYPE_CHECKING:  # pandas is imported by the first history made (RunInfo.frame), not with hgkit
+    import pandas as pd
 
 __all__ = ["HyperDivergenceError", "HyperOptimizationResult", "HyperOptimizer"]
 
@@ -264,7 +265,7 @@ class HyperOptimizer:
         require_positive_int("T", T, "inner steps")
         require_positive_int("checkpoint_every", checkpoint_every)
         require_positive_int("snapshot_every", snapshot_every, optional=True)
-        hyper_iterations, per_iteration = _horizon(self.method, hyper_iterations, T)
+        hyper_iterations, per_iteration = _iterations(self.method, hyper_iterations, T)
         P = _check_population(population, hparams)
         template = hparams if P is None else member(hparams, 0)
         spec = StepSpec(
@@ -282,12 +283,13 @@ class HyperOptimizer:
             except ValueError as e:
                 raise ValueError(f"population member {p}: {e}") from None
         log_scale = [n for n, c in zip(path_names(template), spec.constraints, strict=True) if c and c.scale == "log"]
-        info = RunInfo.describe(
+        info = RunInfo.create(
             template,
             self.problem.objective_names,
             self.metrics,
             hyper_iterations=hyper_iterations,
-            method=self.method.describe(self.problem, template, T, train_data, val_data, key=key),  # shapes only
+            method=self.method.label,
+            matmul_precision=self.problem.matmul_precision,
             population=P,
             log_scale=log_scale,  # constrained with log(): drawn on a log axis
         )
@@ -317,7 +319,8 @@ class HyperOptimizer:
         """The loop's state before the first hyper-iteration."""
         P = run.population
         carry_axes = (0, None if run.keys is None else 0)
-        carry = per_member(P, functools.partial(initial_carry, run.spec), carry_axes)(u0, run.keys)
+        with precision(run.spec.problem):
+            carry = per_member(P, functools.partial(initial_carry, run.spec), carry_axes)(u0, run.keys)
         return _LoopState(
             next=0,
             u=u0,
@@ -341,6 +344,8 @@ class HyperOptimizer:
             if run.checkpoint_dir is not None:
                 now = loop._replace(elapsed=loop.elapsed + time.perf_counter() - start)
                 save_checkpoint(run.checkpoint_dir, run.fingerprint, now._asdict())
+
+        from tqdm.auto import tqdm  # here, not at the top: `import hgkit` stays light (only a run draws a bar)
 
         total = run.info.hyper_iterations
         bar = tqdm(total=total, initial=loop.next, disable=not progress, desc="hyper-iterations")
@@ -376,11 +381,12 @@ class HyperOptimizer:
         """Hyper-iteration ``loop.next``: the compiled step, one transfer to the host, the records."""
         i, P = loop.next, run.population
         args = (loop.u, loop.opt_state, loop.carry, jnp.int32(i), run.keys, run.train_batch, run.val_data)
-        if P is None:
-            u, opt_state, carry, state, hp, report = compiled_step(run.spec, run.T, run.train_fn, *args)
-        else:
-            alive = np.array([p not in loop.dropped for p in range(P)])
-            u, opt_state, carry, state, hp, report = population_step(run.spec, run.T, run.train_fn, *args, alive)
+        with precision(run.spec.problem):  # the same value at every iteration: no recompilation
+            if P is None:
+                u, opt_state, carry, state, hp, report = compiled_step(run.spec, run.T, run.train_fn, *args)
+            else:
+                alive = np.array([p not in loop.dropped for p in range(P)])
+                u, opt_state, carry, state, hp, report = population_step(run.spec, run.T, run.train_fn, *args, alive)
         snap = i == 0 or (run.snapshot_every is not None and i % run.snapshot_every == 0)
         report, hp_host = jax.device_get((report, hp if snap else None))  # the one transfer of the iteration
         wall = loop.elapsed + time.perf_counter() - start
@@ -427,7 +433,7 @@ def _strong(hparams: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=x.dtype), hparams)
 
 
-def _horizon(method: HypergradientMethod, hyper_iterations, T) -> tuple[int, int]:
+def _iterations(method: HypergradientMethod, hyper_iterations, T) -> tuple[int, int]:
     """(hyper-iterations, inner steps per hyper-iteration) for this method and T."""
     if isinstance(method, OnlineMethod):
         delta = method.delta

@@ -26,7 +26,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -35,7 +37,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from ._tree import PyTree, all_finite, as_view, mark_first, unview
+from ._tree import PyTree, Static, all_finite, join_model, mark_first, split_model
 from .optim import Optimizer
 
 __all__ = [
@@ -66,6 +68,11 @@ class BilevelProblem:
             As RFHO's ``hyper_dict``: ``follows={"lr": "train", "mu": "train", "wd": "val"}`` makes the learning
             rate and momentum descend the objective named ``"train"`` and the weight decay the one named ``"val"``.
             Each hyperparameter's hypergradient is then the derivative of its own objective.
+        matmul_precision: the precision of float32 matrix products in hgkit's compiled computations (the
+            hypergradient, the loop's hyper-step, online steps): ``"highest"`` (default) computes them in full
+            float32 on every backend; on GPUs JAX's own default is TF32 (bfloat16 passes on TPUs), which moves a
+            hypergradient, a long chain of products, by up to 1e-3 relative. ``None`` leaves JAX's default
+            (faster on GPUs); any value ``jax.default_matmul_precision`` takes is accepted.
     """
 
     init: Callable[[Any, Any], Any]
@@ -73,6 +80,7 @@ class BilevelProblem:
     val_loss: Callable[[Any, Any, Any], Any] | Mapping[str, Callable[[Any, Any, Any], Any]]
     optimizer: Optimizer
     follows: Any = dataclasses.field(default=None, kw_only=True)
+    matmul_precision: str | None = dataclasses.field(default="highest", kw_only=True)
 
     def __post_init__(self):
         for name in ("init", "train_loss"):
@@ -100,16 +108,26 @@ class BilevelProblem:
                 "hyperparameters at every step, so wrap it: optimizer=hg.optim.from_optax(optax.sgd(0.1)) (and "
                 "to tune its learning rate, hg.optim.from_optax(lambda lr: optax.sgd(lr), lr='lr'))"
             )
+        if self.matmul_precision is not None:
+            try:
+                with jax.default_matmul_precision(self.matmul_precision):
+                    pass
+            except (TypeError, ValueError):
+                raise ValueError(
+                    "BilevelProblem: matmul_precision must be None (JAX's default) or a name "
+                    "jax.default_matmul_precision takes, such as 'highest', 'high', 'default', 'float32', "
+                    f"'tensorfloat32' or 'bfloat16'; got {self.matmul_precision!r}"
+                ) from None
         if not isinstance(self.optimizer, Optimizer):
             raise TypeError(
                 "BilevelProblem: optimizer must be an hgkit.optim.Optimizer (e.g. hg.optim.sgd('lr'), or "
                 f"hg.optim.from_optax(...) around an optax transformation); got {type(self.optimizer).__name__}"
             )
 
-    def inner_loss(self, params: PyTree, hparams: PyTree, batch: PyTree) -> jax.Array:
-        """``train_loss`` on the parameters as they are trained (``state.params``: the model, or its
-        :class:`~hgkit.ArrayView` when it has static leaves): what the training step differentiates."""
-        return self.train_loss(unview(params), hparams, batch)
+    def inner_loss(self, arrays: PyTree, hparams: PyTree, batch: PyTree, static: Static | None = None) -> jax.Array:
+        """``train_loss`` as the training step differentiates it: in the model's arrays (``state.arrays``), the
+        static part (``state.static``) put back so that ``train_loss`` receives the model as written."""
+        return self.train_loss(join_model(arrays, static), hparams, batch)
 
     @property
     def objective_names(self) -> tuple[str, ...]:
@@ -117,55 +135,127 @@ class BilevelProblem:
         return tuple(self.val_loss) if isinstance(self.val_loss, Mapping) else ("val",)
 
 
-class TrainState(NamedTuple):
-    """The state ``s`` of the training dynamics.
+def precision(problem: BilevelProblem) -> contextlib.AbstractContextManager:
+    """The context hgkit calls its compiled functions of ``problem`` in: ``jax.default_matmul_precision`` of its
+    ``matmul_precision`` (nothing for None).
 
-    ``params`` is the model as ``init`` returned it when all its leaves are arrays (a dict of arrays, flax linen
-    params, an nnx module); a model with static leaves (an Equinox module holds its activation functions) is kept
-    as its :class:`~hgkit.ArrayView`, which JAX and the optimizer see as its arrays only, so the state can be
-    a ``jit`` output, a ``scan`` carry or a checkpoint. The view passes calls and attribute access on to the
-    model (``state.params(x)``); ``state.params.tree`` is the model itself.
+    Entered around the host-side call, not inside the traced function: JAX fixes the precision of a matrix product
+    when it lowers the program, from this setting, which is part of jit's cache key (the same value at every call:
+    no recompilation).
+    """
+    value = getattr(problem, "matmul_precision", None)  # not a problem: the method's own checks say so
+    return contextlib.nullcontext() if value is None else jax.default_matmul_precision(value)
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class TrainState:
+    """The state ``s = (params, opt_state)`` of the training dynamics.
+
+    ``params`` is the model as ``init`` returned it, of its own type (a dict of arrays, an Equinox module, flax
+    linen params, an nnx module). A model's leaves that are not arrays (an Equinox MLP's activation functions, an
+    nnx module's settings: hashable values) are *static*: the state keeps them apart, in its pytree structure, so
+    that JAX sees only the arrays (``state.arrays``: the model's structure with None at the static leaves), which
+    is what training, every hypergradient method, ``jit``, ``vmap``, ``scan``, the optimizer and checkpoints see.
+    ``state.params`` puts the two back together: the model as written.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> s = TrainState({"w": jnp.ones(2), "act": jnp.tanh}, ())
+        >>> [x.shape for x in jax.tree_util.tree_leaves(s)], s.params["act"] is jnp.tanh
+        ([(2,)], True)
+        >>> doubled = jax.tree_util.tree_map(lambda x: 2 * x, s)
+        >>> doubled.params["w"].tolist(), doubled.arrays["act"] is None
+        ([2.0, 2.0], True)
     """
 
-    params: PyTree
-    opt_state: PyTree
+    __slots__ = ("arrays", "opt_state", "static")
+
+    def __init__(self, params: PyTree, opt_state: PyTree):
+        self.arrays, self.static = split_model(params)
+        self.opt_state = opt_state
+
+    @classmethod
+    def from_arrays(cls, arrays: PyTree, opt_state: PyTree, static: Static | None) -> TrainState:
+        """A state from the model's arrays and its static part (as :attr:`arrays` and :attr:`static` hold them)."""
+        state = object.__new__(cls)
+        state.arrays, state.opt_state, state.static = arrays, opt_state, static
+        return state
+
+    @property
+    def params(self) -> PyTree:
+        """The model as written, its arrays and its static leaves together."""
+        return join_model(self.arrays, self.static)
+
+    def replace(self, *, arrays: PyTree = None, opt_state: PyTree = None) -> TrainState:
+        """This state with new arrays and/or optimizer state, the static part kept."""
+        return TrainState.from_arrays(
+            self.arrays if arrays is None else arrays, self.opt_state if opt_state is None else opt_state, self.static
+        )
+
+    def tree_flatten_with_keys(self):
+        key = jax.tree_util.GetAttrKey
+        return [(key("params"), self.arrays), (key("opt_state"), self.opt_state)], self.static
+
+    @classmethod
+    def tree_unflatten(cls, static, children):
+        return cls.from_arrays(children[0], children[1], static)
+
+    def __iter__(self):  # params, opt_state = state
+        return iter((self.params, self.opt_state))
+
+    def __repr__(self) -> str:
+        return f"TrainState(params={self.params!r}, opt_state={self.opt_state!r})"
 
 
 def initial_state(problem: BilevelProblem, hparams: PyTree, key: Any) -> TrainState:
     """``s_0 = S_0(λ)``: the initial weights and the optimizer's initial state."""
-    params = as_view(problem.init(hparams, key))
-    return TrainState(params, problem.optimizer.init(params, hparams))
+    arrays, static = split_model(problem.init(hparams, key))
+    return TrainState.from_arrays(arrays, problem.optimizer.init(arrays, hparams), static)
 
 
 def train_step(
-    problem: BilevelProblem, state: TrainState, hparams: PyTree, batch: PyTree, step: Any, grad_fn=None
+    problem: BilevelProblem, state: TrainState, hparams: PyTree, batch: PyTree, step: Any, value_and_grad=None
 ) -> tuple[TrainState, jax.Array]:
     """``s_t = Φ_t(s_{t-1}, λ)``: one optimizer step; returns the new state and the training loss before it.
 
-    ``grad_fn`` replaces ``jax.value_and_grad(problem.inner_loss)`` (reverse mode passes one whose derivative is
-    computed forward-over-reverse).
+    ``value_and_grad`` (``loss -> (arrays, hparams, batch) -> (value, gradient)``) replaces
+    ``jax.value_and_grad`` (reverse mode passes one whose derivative is computed forward-over-reverse).
     """
-    grad_fn = grad_fn or jax.value_and_grad(problem.inner_loss)
-    loss, grads = grad_fn(state.params, hparams, batch)
-    params, opt_state = problem.optimizer.update(grads, state.opt_state, state.params, hparams, step)
-    return TrainState(params, opt_state), loss
+    loss_fn = functools.partial(problem.inner_loss, static=state.static)
+    loss, grads = (value_and_grad or jax.value_and_grad)(loss_fn)(state.arrays, hparams, batch)
+    arrays, opt_state = problem.optimizer.update(grads, state.opt_state, state.arrays, hparams, step)
+    return TrainState.from_arrays(arrays, opt_state, state.static), loss
 
 
 def objectives(problem: BilevelProblem, params: PyTree, hparams: PyTree, val_data: PyTree) -> jax.Array:
-    """The outer objective(s) at the trained weights, stacked into a vector (one entry per objective)."""
-    model = unview(params)
+    """The outer objective(s) at the trained model ``params`` (``state.params``), stacked into a vector (one
+    entry per objective)."""
     if isinstance(problem.val_loss, Mapping):
-        return jnp.stack([problem.val_loss[k](model, hparams, val_data[k]) for k in problem.val_loss])
-    return jnp.reshape(problem.val_loss(model, hparams, val_data), (1,))
+        return jnp.stack([problem.val_loss[k](params, hparams, val_data[k]) for k in problem.val_loss])
+    return jnp.reshape(problem.val_loss(params, hparams, val_data), (1,))
 
 
-def outer_derivatives(problem: BilevelProblem, params: PyTree, hparams: PyTree, val_data: PyTree):
-    """``E_k`` and its partial derivatives ``∂E_k/∂w``, ``∂E_k/∂λ`` at ``params``, for every objective k.
+def outer_derivatives(problem: BilevelProblem, state: TrainState, hparams: PyTree, val_data: PyTree):
+    """``E_k`` and its partial derivatives ``∂E_k/∂w``, ``∂E_k/∂λ`` at the trained ``state``, for every
+    objective k: what a hypergradient method reads out at the end of training.
 
     Returns ``(values, dE_dw, dE_dλ)``: values of shape ``(k,)``; the derivatives have the structures of
-    ``params`` and ``hparams`` with a leading axis k (one reverse pass per objective, ``vmap``-ed).
+    ``state.arrays`` and ``hparams`` with a leading axis k (one reverse pass per objective, ``vmap``-ed).
+
+    Example:
+        >>> import jax.numpy as jnp, hgkit as hg
+        >>> problem = hg.BilevelProblem(lambda hp, k: jnp.ones(2), lambda w, hp, b: jnp.sum(w**2),
+        ...                             lambda w, hp, b: hp["c"] * jnp.sum(w**2), hg.optim.sgd(0.1))
+        >>> hp = {"c": jnp.asarray(3.0)}
+        >>> values, dE_dw, dE_dh = hg.outer_derivatives(problem, hg.initial_state(problem, hp, None), hp, None)
+        >>> values.tolist(), dE_dw.tolist(), float(dE_dh["c"][0])
+        ([6.0], [[6.0, 6.0]], 2.0)
     """
-    values, e_vjp = jax.vjp(lambda w, hp: objectives(problem, w, hp, val_data), params, hparams)
+
+    def objective(arrays, hp):
+        return objectives(problem, state.replace(arrays=arrays).params, hp, val_data)
+
+    values, e_vjp = jax.vjp(objective, state.arrays, hparams)
     dE_dw, dE_dh = jax.vmap(e_vjp)(jnp.eye(values.shape[0], dtype=values.dtype))
     return values, dE_dw, dE_dh
 

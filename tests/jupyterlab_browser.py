@@ -6,6 +6,7 @@ Chromium's profile live in a temporary folder; nothing reaches beyond loopback.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import re
@@ -222,6 +223,47 @@ def run_cell(page, has_text: str, timeout_ms: int = 60_000, wait: bool = True) -
     trigger(page, run, lambda: prompt() != before, f"running the cell with {has_text!r}")
     if wait and not until(page, lambda: re.search(r"\d", prompt()), timeout_ms / 1000):
         raise AssertionError(f"the cell with {has_text!r} did not finish in {timeout_ms / 1000:.0f} s: {prompt()}")
+
+
+def kernel_output(url: str, root: Path, notebook: str, code: str, timeout_s: float = 120.0) -> str:
+    """Run ``code`` in the kernel of ``notebook`` beside the page, and return what it printed (stdout).
+
+    The kernel is the notebook's session's (the server's ``/api/sessions``), reached through its connection file
+    in the hermetic runtime folder; the code runs after the cells the notebook has queued, and stays out of its
+    history (its prompts keep their numbers).
+    """
+    with urllib.request.urlopen(f"{url}/api/sessions", timeout=10) as r:
+        sessions = [s for s in json.load(r) if Path(s["path"]).name == notebook]
+    if not sessions:
+        raise AssertionError(f"no kernel session for {notebook}")
+    connection = root / "jupyter_runtime_dir" / f"kernel-{sessions[0]['kernel']['id']}.json"
+
+    def run() -> str:
+        from jupyter_client import BlockingKernelClient
+
+        client = BlockingKernelClient(connection_file=str(connection))
+        client.load_connection_file()
+        client.start_channels()
+        printed, errors = [], []
+
+        def collect(msg):
+            if msg["msg_type"] == "stream" and msg["content"]["name"] == "stdout":
+                printed.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                errors.append("\n".join(msg["content"]["traceback"]))
+
+        try:
+            reply = client.execute_interactive(code, store_history=False, output_hook=collect, timeout=timeout_s)
+        finally:
+            client.stop_channels()
+        if reply["content"]["status"] != "ok":
+            raise AssertionError(f"the code failed in the kernel of {notebook}: {errors or reply['content']}")
+        return "".join(printed)
+
+    # In a thread of its own: the kernel client runs an event loop, which must not be the one Playwright's sync
+    # API keeps in this thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result()
 
 
 def accept_dialog(page, wait_ms: int = 1500) -> None:

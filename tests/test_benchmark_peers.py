@@ -53,9 +53,9 @@ def test_hgkit_contenders_agree_with_jax_grad(problem, data):
     for name in names:
         assert rel_err(grads[name], reference) < 1e-9, name
         checked.append(name)
-    assert {"hgkit Reverse()", 'hgkit Reverse(checkpoint="sqrt")'} <= set(checked)
-    assert {'hgkit Reverse(store="states")', 'hgkit Reverse(store="residuals")'} <= set(checked)
-    assert "hgkit Reverse(checkpoint=Binomial(32))" in checked
+    assert {"hgkit Reverse()", 'hgkit Reverse(store=Segments("sqrt"))'} <= set(checked)
+    assert {"hgkit Reverse(store=States())", "hgkit Reverse(store=Residuals())"} <= set(checked)
+    assert "hgkit Reverse(store=Binomial(32))" in checked
     if problem == "mlp":
         assert {"hgkit Forward()", "hgkit RealTime(delta=T)", "jax.jacfwd through lax.scan"} <= set(checked)
 

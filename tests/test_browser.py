@@ -12,16 +12,19 @@ Skips only when Chromium (or JupyterLab / Playwright) is not installed, and says
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import time
 from pathlib import Path
 
+import dashboard_extents
 import pytest
 from jupyterlab_browser import (
     chromium_page,
     jupyterlab,
+    kernel_output,
     missing_requirements,
     open_and_run_all,
     open_notebook,
@@ -123,7 +126,7 @@ def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
     assert len({p for p in pictures if p}) >= 2, "the dashboard's picture did not change during the run"
     total = progress[0][1]
     assert re.search(rf"{total}\s*/\s*{total}", final), final
-    check_every_hyperparameter_is_legible(page)
+    check_every_hyperparameter_is_legible(page, url, root)
     assert re.search(r"val_loss\s+\d", final) and re.search(r"lr\s+\d", final), final
     # The printed summary and the overview figure below the run.
     printed = wait_for_output(page, r"validation loss: first \S+ last \S+")
@@ -145,17 +148,16 @@ def test_quickstart_dashboard_updates_live_and_stops_on_click(lab):
     assert stopped_at < total, (stopped_at, total)
 
 
-def check_every_hyperparameter_is_legible(page) -> None:
-    """What the dashboard's last picture drew of each hyperparameter (its hidden ``.hgkit-extent`` elements):
-    every hyperparameter is there, and each whose value changed by more than 10 % spans more than a few pixels
-    vertically, inside the picture as the browser shows it."""
-    extents = page.locator(".hgkit-dashboard-extents .hgkit-extent")
-    drawn = {}
-    for k in range(extents.count()):
-        e = extents.nth(k)
-        name = e.get_attribute("data-name")
-        drawn[name] = {a: float(e.get_attribute(f"data-{a}")) for a in ("low", "high", "pixels")}
-        drawn[name]["scale"] = e.get_attribute("data-scale")
+def check_every_hyperparameter_is_legible(page, url: str, root: Path) -> None:
+    """What the dashboard's last picture drew of each hyperparameter (:mod:`dashboard_extents`, run in the
+    notebook's kernel on its ``dashboard``): every hyperparameter is there, and each whose value changed by more
+    than 10 % spans more than a few pixels vertically, inside the picture as the browser shows it."""
+    source = Path(dashboard_extents.__file__).read_text()
+    code = (
+        f"import json\n_extents = {{}}\nexec({source!r}, _extents)\n"
+        "print(json.dumps(_extents['drawn_extents'](dashboard)))"
+    )
+    drawn = json.loads(kernel_output(url, root, "quickstart.ipynb", code, timeout_s=TIMEOUT_MS / 1000))
     print("drawn:", drawn)
     # The quickstart constrains lr and wd with log(): on log axes by default.
     assert drawn["lr"]["scale"] == drawn["wd"]["scale"] == "log" and drawn["mu"]["scale"] == "linear", drawn

@@ -232,7 +232,7 @@ def test_realtime_chunks_without_updates_equal_forward():
     )(hp)
     for chunk in range(1, 6):
         carry, result = step(carry, hp)
-        assert int(carry.step) == 4 * chunk
+        assert int(carry.forward.step) == 4 * chunk
         exact = succeeded(forward[chunk - 1])
         assert rel_err(result.grads, exact) < 1e-11
     assert result.train_losses.shape == (4,)

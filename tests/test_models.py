@@ -1,7 +1,8 @@
-"""Models as users write them (hgkit/_tree.py ArrayView, hgkit/problem.py): an Equinox MLP and a small Equinox CNN
-returned whole from init (their activation functions are static leaves), a flax linen model and a flax nnx module,
-each checked in float64 reverse mode against forward mode (1e-9) and against central finite differences (1e-6),
-and tuned by the loop; for Equinox also populations, checkpoints, implicit differentiation and the errors."""
+"""Models as users write them (hgkit/problem.py TrainState, hgkit/_tree.py split_model): an Equinox MLP and a small
+Equinox CNN returned whole from init (their activation functions are static leaves), a flax linen model and a flax
+nnx module, each checked in float64 reverse mode against forward mode (1e-9) and against central finite differences
+(1e-6), tuned by the loop, and handed back as their own type; for Equinox also populations, checkpoints, implicit
+differentiation and the errors."""
 
 from __future__ import annotations
 
@@ -142,14 +143,18 @@ def test_equinox_module_keeps_its_functions_and_runs_everywhere(tmp_path):
     problem, data = PROBLEMS["equinox_mlp"], (x, Y)
     res, _ = reverse_and_forward("equinox_mlp")
     model = res.state.params
-    assert isinstance(model.tree, eqx.nn.MLP) and model.activation is jnp.tanh  # static leaves carried unchanged
-    np.testing.assert_allclose(model(x[0]), model.tree(x[0]))  # the state's view calls the model
+    assert type(model) is eqx.nn.MLP and model.activation is jnp.tanh  # static leaves carried unchanged
     # Only the arrays are trained and given optimizer state.
     velocity = jax.tree_util.tree_leaves(res.state.opt_state)
     assert len(velocity) == len(jax.tree_util.tree_leaves(eqx.filter(init(HP, None), eqx.is_array)))
     # Every method agrees with reverse mode (checkpointing and truncation together: one compilation).
     ref = res.grads
-    for method in (hg.Reverse(checkpoint=2, truncate=T), hg.Reverse(hvp="forward-over-reverse"), hg.RealTime(delta=3)):
+    methods = (
+        hg.Reverse(store=hg.Segments(2), truncate=T),
+        hg.Reverse(hvp="forward-over-reverse"),
+        hg.RealTime(delta=3),
+    )
+    for method in methods:
         assert rel_err(hg.hypergradient(problem, HP, T, data, data, method=method)[1], ref) < 1e-9, method
     # Populations, warm restarts and checkpoints (the arrays are stored; the functions come from init).
     opt = hg.HyperOptimizer(problem, hyper_optimizer=optax.sgd(0.05), warm_restart=True)
@@ -162,7 +167,32 @@ def test_equinox_module_keeps_its_functions_and_runs_everywhere(tmp_path):
     straight = opt.run(HP, 3, T, data, data, progress=False)
     assert list(resumed.history.val_loss[:2]) == list(first.history.val_loss)
     assert list(resumed.history.val_loss) == list(straight.history.val_loss)
-    assert resumed.state.params.activation is jnp.tanh
+    assert type(resumed.state.params) is eqx.nn.MLP and resumed.state.params.activation is jnp.tanh
+
+
+@pytest.mark.parametrize("name", ["equinox_mlp", "equinox_cnn", "flax_nnx", "flax_linen"])
+def test_the_model_comes_back_as_written(name):
+    """The trained model is the user's own type, equal to the model rebuilt from the same arrays: nothing wraps it,
+    in the pure form (also through jax.jit), in the loop's result and in what metrics receive."""
+    init, logits, x = MODELS[name]
+    res, _ = reverse_and_forward(name)  # jitted: the static part travels in the state's structure
+    model, written = res.state.params, init(HP, None)
+    assert type(model) is type(written)
+    arrays = jax.tree_util.tree_leaves(res.state)[: len(jax.tree_util.tree_leaves(eqx.filter(written, eqx.is_array)))]
+    rebuilt = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(eqx.filter(written, eqx.is_array)), arrays)
+    rebuilt = eqx.combine(rebuilt, written)
+    assert bool(eqx.tree_equal(model, rebuilt))
+    assert not bool(eqx.tree_equal(model, written))  # it was trained
+    np.testing.assert_allclose(logits(model, x), logits(rebuilt, x), rtol=1e-14)
+    if name == "flax_nnx":
+        # the nnx module's own API works on it as on the one init built
+        assert type(nnx.state(model)) is type(nnx.state(written))
+    seen = []
+    opt = hg.HyperOptimizer(PROBLEMS[name], hyper_optimizer=optax.sgd(0.0), metrics={
+        "kind": lambda m, hp: seen.append(type(m)) or jnp.asarray(0.0)})  # fmt: skip
+    result = opt.run(HP, 1, T, (x, Y), (x, Y), progress=False)
+    assert seen and set(seen) == {type(written)}
+    assert type(result.state.params) is type(written) and bool(eqx.tree_equal(result.state.params, model))
 
 
 def test_implicit_differentiation_of_an_equinox_model():

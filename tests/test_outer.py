@@ -264,6 +264,7 @@ def test_history_columns_and_attrs_with_several_objectives():
         "objectives": ["val_loss.val", "val_loss.train"],
         "metrics": ["w2"],
         "method": "reverse mode",
+        "matmul_precision": "highest",
         "hyper_iterations": 3,
     }
     np.testing.assert_array_equal(h.iteration, [0, 1, 2])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -69,3 +72,27 @@ def test_readme_quickstart_runs_as_written(readme_quickstart):
     )
     for k in grads:  # the data is float32 even under float64 parameters: agreement to float32 accuracy
         assert abs(float(grads[k] - forward[k])) <= 1e-5 * abs(float(forward[k])) + 1e-9, k
+
+
+def test_import_hgkit_loads_no_heavy_dependency():
+    """`import hgkit` loads neither pandas, tqdm, matplotlib nor ipywidgets (a fresh interpreter); a run still
+    works after it, and loads pandas when it makes its history."""
+    script = textwrap.dedent("""
+        import sys
+        import jax.numpy as jnp, optax, hgkit as hg
+        heavy = ("pandas", "tqdm", "matplotlib", "ipywidgets")
+        print([m for m in heavy if m in sys.modules])
+        problem = hg.BilevelProblem(
+            init=lambda hp, key: jnp.zeros(2),
+            train_loss=lambda w, hp, b: jnp.sum((w - b) ** 2) + hp["wd"] * jnp.sum(w**2),
+            val_loss=lambda w, hp, b: jnp.sum((w - 0.5 * b) ** 2),
+            optimizer=hg.optim.sgd(0.1))
+        result = hg.HyperOptimizer(problem, hyper_optimizer=optax.sgd(0.5)).run(
+            {"wd": jnp.asarray(0.1)}, hyper_iterations=2, T=3, train_data=jnp.ones(2), val_data=jnp.ones(2),
+            progress=False)
+        print(len(result.history), "pandas" in sys.modules)
+    """)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["[]", "2 True"]

@@ -72,7 +72,7 @@ def hand_run(iterations=6, step=0.05):
         "sched": jnp.full(T, 0.2),
         "wd": jnp.asarray(0.01),
     }
-    info = RunInfo.describe(hp, ["val"], metrics=["test_loss"], hyper_iterations=iterations, method="reverse mode")
+    info = RunInfo.create(hp, ["val"], metrics=["test_loss"], hyper_iterations=iterations, method="reverse mode")
     names, vectors = info.hyperparameters, info.vectors  # ex_w, mu, sched, wd: jax's order of the leaves
     rows, snapshots, start = [], {}, time.perf_counter()
     for k in range(iterations):
@@ -148,7 +148,7 @@ def test_hyperparameters_draws_scalars_as_lines_and_vectors_as_their_distributio
 
 def test_a_vector_whose_mean_is_fixed_is_seen_to_spread(ax):
     """Per-example weights under a budget keep their mean while they move apart: the drawn median and bands move
-    though the mean does not (a history from before quantiles were kept still draws its mean)."""
+    though the mean does not."""
     rows = []
     for k in range(5):
         spread = 0.1 * k
@@ -163,10 +163,6 @@ def test_a_vector_whose_mean_is_fixed_is_seen_to_spread(ax):
     _, q, _ = plot.hyperparameters(ax, h)
     ys = q.get_paths()[0].vertices[:, 1]
     assert ys.max() - ys.min() > 0.5  # the 10–90 % band opens from 0.5 towards 0.1 and 0.9
-    old = h.drop(columns=["w.q10", "w.median", "w.q90"])
-    old.attrs = dict(h.attrs)
-    mean, _ = plot.hyperparameters(Figure().subplots(), old)
-    assert mean.get_label() == "w (mean)"
 
 
 def test_log_constrained_or_decade_spanning_hyperparameters_get_a_log_axis():
@@ -457,7 +453,7 @@ def test_the_package_keeps_its_public_names():
     }  # fmt: skip
     assert all(callable(getattr(plot, name)) for name in plot.__all__ if name != "COST_COLUMNS")
     assert plot.COST_COLUMNS == ("method", "T", "m", "seconds", "peak_bytes")
-    assert plot.METHOD_COLORS == {"reverse": "tab:blue", "forward": "tab:orange"}
+    assert plot.cost.METHOD_COLORS == {"reverse": "tab:blue", "forward": "tab:orange"}
 
 
 def test_import_hgkit_loads_neither_matplotlib_nor_ipywidgets():

@@ -61,7 +61,7 @@ def test_unroll_is_training_by_hand():
 
 def test_outer_derivatives_one_row_per_objective():
     w = jnp.asarray([0.5, 2.0])
-    values, dE_dw, dE_dh = outer_derivatives(PROBLEM, w, HP, {"val": B, "size": B})
+    values, dE_dw, dE_dh = outer_derivatives(PROBLEM, hg.TrainState(w, ()), HP, {"val": B, "size": B})
     np.testing.assert_allclose(values, [jnp.sum((w - 2 * B) ** 2), HP["wd"] * jnp.sum(w)], rtol=1e-12)
     np.testing.assert_allclose(dE_dw, jnp.stack([2 * (w - 2 * B), HP["wd"] * jnp.ones(2)]), rtol=1e-12)
     np.testing.assert_allclose(dE_dh["wd"], [0.0, jnp.sum(w)], rtol=1e-12)

@@ -76,7 +76,7 @@ def test_discount_one_is_the_undiscounted_engine_bit_for_bit():
     carry, ref = rt.init(problem, hp), forward.init_tangents(problem, hp, None, None, basis)
     for _ in range(5):
         carry, res, ref, expected = chunk(carry, ref, hp)
-        for a, b in zip(jax.tree.leaves((res, carry.tangents)), jax.tree.leaves((expected, ref.tangents)), strict=True):
+        for a, b in zip(jax.tree.leaves((res, carry.forward)), jax.tree.leaves((expected, ref)), strict=True):
             np.testing.assert_array_equal(a, b)
         hp = jax.tree.map(lambda x, g: x - 0.1 * g, hp, res.grads)
     np.testing.assert_array_equal(carry.discount, [1.0, 1.0])
@@ -114,7 +114,7 @@ def test_discount_zero_delta_one_is_hypergradient_descent():
         carry, res = step(carry, hp, t)
         hp = {"lr": hp["lr"] - beta * res.grads["lr"]}
     np.testing.assert_allclose(got, etas, rtol=1e-12)
-    np.testing.assert_allclose(carry.state.params, w, rtol=1e-12)
+    np.testing.assert_allclose(carry.forward.state.params, w, rtol=1e-12)
 
 
 def test_hypergradient_descent_on_a_validation_objective_in_the_loop():
@@ -187,10 +187,11 @@ def test_discounted_tangent_is_the_exact_derivative_of_the_discounted_recurrence
         np.testing.assert_allclose(carry.discount, used, rtol=1e-12, atol=1e-15)
         mus.append(used)
         carry, res = step(carry, {"lr": jnp.asarray(lam[0]), "wd": jnp.asarray(lam[1])})
-        got = np.concatenate([carry.tangents.params.T, carry.tangents.opt_state.T])  # (2D, m): columns = directions
+        tangents = carry.forward.tangents
+        got = np.concatenate([tangents.params.T, tangents.opt_state.T])  # (2D, m): columns = directions
         np.testing.assert_allclose(got, Z, rtol=1e-10, atol=1e-13)
         np.testing.assert_allclose([res.grads["lr"], res.grads["wd"]], delta_, rtol=1e-10, atol=1e-13)
-    np.testing.assert_allclose(carry.state.params, s[:D], rtol=1e-12)
+    np.testing.assert_allclose(carry.forward.state.params, s[:D], rtol=1e-12)
     if discount == "adapt":  # the rule was exercised: the two directions' μ differ (and leave {0, 1} with Δ = 1)
         mus = np.array(mus)
         assert np.any(mus[:, 0] != mus[:, 1]) and (delta > 1 or np.any((mus > 0) & (mus < 1))), mus
@@ -260,7 +261,7 @@ def test_marthe_mu_and_beta_match_a_hand_written_reference_over_20_steps(delta):
         np.testing.assert_allclose(float(opt_state[1].beta["lr"]), row["beta"], rtol=1e-11)
         np.testing.assert_allclose(float(carry.discount[0]), row["mu"], rtol=1e-11, atol=1e-15)
         carry, u, opt_state = chunk(carry, u, opt_state)
-    np.testing.assert_allclose(carry.state.params, w, rtol=1e-11)
+    np.testing.assert_allclose(carry.forward.state.params, w, rtol=1e-11)
     mus, betas = [r["mu"] for r in rows], [r["beta"] for r in rows]
     assert any(0 < m < 1 for m in mus) and len(set(betas)) > 3, (mus, betas)  # both rules were exercised
 

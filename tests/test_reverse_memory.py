@@ -1,10 +1,13 @@
-"""Reverse mode under a memory budget: ``store="residuals"``, binomial checkpointing (``hg.Binomial``) and the
-planner (``memory=``) give the hypergradient of ``hg.Reverse()`` (float64, 1e-10), the schedules are revolve's
-optimal ones, and the planner's choice compiles within its budget."""
+"""Reverse mode's stores (``hg.Residuals``, ``hg.States``, ``hg.Segments``, ``hg.Binomial``, and one written here)
+give the hypergradient of ``hg.Reverse(store=hg.States())`` (float64, 1e-10), revolve's schedules are optimal, and
+``hg.Reverse.within`` plans on the host a method that compiles within its budget, nothing compiling while a caller's
+function is traced."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import math
 
 import jax
@@ -14,7 +17,7 @@ import pytest
 from helpers import finite_differences, mlp, mlp_init, rel_err, toy_data, tree_l2
 
 import hgkit as hg
-from hgkit.hypergrad import checkpointing
+from hgkit.hypergrad import checkpointing, planner
 
 X, Y = toy_data(n=16)
 XV, YV = toy_data(n=10, seed=3)
@@ -45,17 +48,42 @@ HP = {"lr": jnp.asarray(0.2), "mu": jnp.asarray(0.6), "log_wd": jnp.asarray(-3.0
 # compilation, with XLA's backend optimizations off: these programs are checked for their values, not their speed);
 # the planner's tests compile with the default options, as its memory figures are the compiled program's.
 K = 5
-STATES = hg.Reverse(store="states")  # the reference: what Reverse() did before it could choose
+
+
+@dataclasses.dataclass(frozen=True)
+class Unrolled(hg.Store):
+    """A store of a user's own, from the public pieces only: every state kept in a Python list (n small)."""
+
+    def reverse(self, steps, s0, first, n):
+        states, losses, state, bad = [], [], s0, steps.diverged_at
+        for t in range(first, first + n):
+            states.append(state)
+            state, loss = steps.forward(state, t)
+            losses.append(loss)
+            bad = steps.first_nonfinite(bad, state, t)
+        adjoint = steps.terminal(state)
+        for t in reversed(range(first, first + n)):
+            adjoint = steps.backward(states[t - first], t, adjoint)
+        return hg.Reversal(state, jnp.stack(losses), bad, adjoint)
+
+
+STATES = hg.Reverse(store=hg.States())  # the reference
 OPTIONS = {
     STATES: [
-        hg.Reverse(store="residuals"),
-        hg.Reverse(store="residuals", hvp="forward-over-reverse"),
-        hg.Reverse(checkpoint=hg.Binomial(1)),
-        hg.Reverse(checkpoint=hg.Binomial(3), hvp="forward-over-reverse"),
+        hg.Reverse(),
+        hg.Reverse(store=hg.Residuals()),
+        hg.Reverse(store=hg.Residuals(), hvp="forward-over-reverse"),
+        hg.Reverse(store=hg.Segments("sqrt")),
+        hg.Reverse(store=hg.Segments(5), hvp="forward-over-reverse"),
+        hg.Reverse(store=hg.Binomial(1)),
+        hg.Reverse(store=hg.Binomial(3), hvp="forward-over-reverse"),
+        hg.Reverse(store=Unrolled()),
     ],
-    hg.Reverse(store="states", truncate=K): [
-        hg.Reverse(store="residuals", truncate=K),
-        hg.Reverse(checkpoint=hg.Binomial(2), truncate=K),
+    hg.Reverse(store=hg.States(), truncate=K): [
+        hg.Reverse(store=hg.Residuals(), truncate=K),
+        hg.Reverse(store=hg.Segments(2), truncate=K),
+        hg.Reverse(store=hg.Binomial(2), truncate=K),
+        hg.Reverse(store=Unrolled(), truncate=K),
     ],
 }
 FEW_OPTIMIZATIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -89,19 +117,22 @@ NON_FINITE_HP = {"a": jnp.asarray([1.0, 1e200]), "lr": jnp.asarray([0.1, 1e200])
 
 
 @functools.cache
-def population_budget() -> int:
-    """Too little for √T: the planner picks binomial checkpointing with 3 slots."""
-    return plan(hg.Reverse(checkpoint=hg.Binomial(3)), T).predicted_bytes
+def population_method() -> hg.Reverse:
+    """Planned on the host for one member, with too little for √T: binomial checkpointing with 3 slots."""
+    budget = plan(hg.Reverse(store=hg.Binomial(3)), T).predicted_bytes
+    return hg.Reverse.within(budget, PROBLEM, HP, T, minibatch, (XV, YV))
 
 
 def families() -> dict:
     """name -> (methods, function of the inputs below giving one result per method)."""
     methods = [m for ref, options in OPTIONS.items() for m in (ref, *options)]
     val, both_val = (XV, YV), {"val": (XV, YV), "train": (X, Y)}
-    objectives = (STATES, hg.Reverse(store="residuals"), hg.Reverse(checkpoint=hg.Binomial(4)))
-    population = (STATES, hg.Reverse(store="residuals"), hg.Reverse(memory=population_budget()))
+    objectives = (STATES, hg.Reverse(store=hg.Residuals()), hg.Reverse(store=hg.Binomial(4)),
+                  hg.Reverse(store=hg.Segments(4)))  # fmt: skip
+    population = (STATES, hg.Reverse(store=hg.Residuals()), population_method())
     bad = non_finite_problem(NON_FINITE_AT)
-    non_finite = (STATES, hg.Reverse(store="residuals"), hg.Reverse(checkpoint=hg.Binomial(2)))
+    non_finite = (STATES, hg.Reverse(store=hg.Residuals()), hg.Reverse(store=hg.Binomial(2)),
+                  hg.Reverse(store=hg.Segments(3)), hg.Reverse(store=Unrolled()))  # fmt: skip
 
     def batch(t):
         return jnp.where(t == NON_FINITE_AT, 1.0, 0.0)
@@ -148,6 +179,35 @@ def assert_same_run(res, ref, tol=1e-10):
 # ----- the schedule --------------------------------------------------------------------------------------------
 
 
+def simulate(sched: checkpointing.Schedule) -> list[tuple[str, int]]:
+    """Run a schedule on step numbers instead of states, checking it: every reversal finds the state before its
+    step current, steps are reversed from n − 1 down to 0, only allotted slots are used. Returns the stores and
+    reversals in order."""
+    stored, log = {0: 0}, []
+
+    def move(cur, first, count, slot):
+        assert first == cur and count > 0, (first, cur, count)
+        if slot >= 0:
+            assert 0 < slot < sched.slots, slot
+            stored[slot] = cur + count
+            log.append(("snapshot", slot))
+        return cur + count
+
+    cur = 0
+    for row in sched.moves[: sched.sweep].tolist():
+        cur = move(cur, *row)
+    assert cur == sched.n - 1, (cur, sched.n)
+    for i, (restore, lo, hi, t) in enumerate(sched.turns.tolist()):
+        assert (restore < 0) == (i == 0) and (i > 0 or lo == hi == sched.sweep), (i, restore, lo, hi)
+        cur = stored[restore] if restore >= 0 else cur
+        for row in sched.moves[lo:hi].tolist():
+            cur = move(cur, *row)
+        assert cur == t, (cur, t)
+        log.append(("reverse", t))
+    assert [v for a, v in log if a == "reverse"] == list(range(sched.n - 1, -1, -1)), log
+    return log
+
+
 @functools.cache
 def least_forward_steps(n: int, free: int) -> int:
     """Exhaustive dynamic programme: the fewest plain steps reversing n steps from a stored state with ``free``
@@ -168,7 +228,7 @@ def test_forward_steps_is_revolves_bound_and_the_schedules_attain_it():
             best = least_forward_steps(n, slots - 1)
             assert checkpointing.forward_steps(n, slots) == best, (n, slots)
             sched = checkpointing.schedule(n, slots)
-            log = checkpointing.simulate(sched)  # every reversal from the right state, in order, within the slots
+            log = simulate(sched)  # every reversal from the right state, in order, within the slots
             assert sched.forward_steps == best and sched.slots <= slots
             assert sum(1 for action, _ in log if action == "reverse") == n
     # The closed form at the sizes of the benchmarks; s ≥ n stores every state (n − 1 steps), s = 1 restarts.
@@ -176,7 +236,7 @@ def test_forward_steps_is_revolves_bound_and_the_schedules_attain_it():
     assert checkpointing.forward_steps(50, 50) == checkpointing.forward_steps(50, 80) == 49
     assert checkpointing.forward_steps(50, 1) == 50 * 49 // 2
     big = checkpointing.schedule(10_000, 32)
-    checkpointing.simulate(big)
+    simulate(big)
     assert big.forward_steps == 32_860 and big.slots == 32
 
 
@@ -213,14 +273,14 @@ def test_executor_reverses_a_scalar_recurrence_for_any_slots():
 # ----- every option gives Reverse()'s hypergradient ----------------------------------------------------------------
 
 
-def test_every_option_agrees_with_reverse():
+def test_every_store_agrees_with_states():
     for ref, options in OPTIONS.items():
         for method in options:
             try:
                 assert_same_run(results()[method], results()[ref])
             except AssertionError as e:
                 raise AssertionError(f"{method.label}: {e}") from None
-    truncated, full = results()[hg.Reverse(store="states", truncate=K)], results()[STATES]
+    truncated, full = results()[hg.Reverse(store=hg.States(), truncate=K)], results()[STATES]
     assert float(truncated.grads["scale"]) == 0.0  # truncation drops the initial weights' dependence
     assert rel_err(truncated.grads, full.grads) > 1e-3  # and changes the hypergradient
 
@@ -230,7 +290,7 @@ def test_against_central_finite_differences():
         return hg.hypergradient_result(PROBLEM, hp, T, minibatch, (XV, YV), method=hg.Reverse(truncate=T)).value
 
     fd = finite_differences(jax.jit(f).lower(HP).compile(compiler_options=FEW_OPTIMIZATIONS), HP)
-    for method in (hg.Reverse(store="residuals"), hg.Reverse(checkpoint=hg.Binomial(3), hvp="forward-over-reverse")):
+    for method in (hg.Reverse(store=hg.Residuals()), hg.Reverse(store=hg.Binomial(3), hvp="forward-over-reverse")):
         assert rel_err(results()[method].grads, fd) < 1e-6
 
 
@@ -242,7 +302,7 @@ def test_several_objectives():
 
 
 def test_populations():
-    assert plan(hg.Reverse(memory=population_budget()), T).checkpoint == hg.Binomial(3)  # the planner, in vmap
+    assert population_method().store == hg.Binomial(3)  # planned once on the host, then vmapped as a value
     (_, ref), *others = all_results()["population"].items()
     for method, g in others:
         assert rel_err(g, ref) < 1e-10, method.label
@@ -266,11 +326,10 @@ def test_the_default_stores_residuals_only_when_they_are_small():
         optimizer=hg.optim.momentum("lr", 0.9),
     )
     hp = {"lr": jnp.asarray(0.1), "wd": jnp.asarray(0.01)}
-    assert hg.Reverse().default_store(linear, hp, T, (X, Y), (XV, YV)) == "residuals"
-    assert hg.Reverse().describe(linear, hp, T, (X, Y), (XV, YV)) == "reverse mode"  # no budget: the label
-    assert hg.Reverse().default_store(PROBLEM, HP, T, minibatch, (XV, YV)) == "states"
-    assert hg.Reverse(checkpoint="sqrt").default_store(linear, hp, T, (X, Y), (XV, YV)) == "states"
-    assert plan(hg.Reverse(), T).store == "states"
+    assert planner.default_store(linear, hp, (X, Y)) == hg.Residuals()
+    assert planner.default_store(PROBLEM, HP, minibatch) == hg.States()
+    assert plan(hg.Reverse(), T).store == hg.States()
+    assert hg.Reverse().label == "reverse mode"
 
 
 # ----- the planner ---------------------------------------------------------------------------------------------
@@ -294,80 +353,107 @@ LOGREG = hg.BilevelProblem(
     optimizer=hg.optim.momentum("lr", 0.9),
 )
 LOGREG_HP = {"lr": jnp.asarray(0.3), "ex_w": jnp.ones(16)}
+ON_LOGREG = dict(problem=LOGREG, hp=LOGREG_HP, train=(XL, YL), val=(XL, YL))
 
 
-def temp_bytes(method, T=LONG, problem=PROBLEM, hp=HP, train=minibatch, val=(XV, YV)):
-    fn = jax.jit(lambda h: hg.hypergradient_result(problem, h, T, train, val, method=method).grads)
-    return fn.lower(hp).compile().memory_analysis().temp_size_in_bytes
+def compiled_bytes(method, T=LONG, problem=PROBLEM, hp=HP, train=minibatch, val=(XV, YV)):
+    """The hypergradient program's memory, as hgkit defines it (temporaries plus outputs)."""
+    fn = jax.jit(lambda h: hg.hypergradient_result(problem, h, T, train, val, method=method))
+    return planner.program_bytes(fn.lower(hp).compile())
 
 
 def plan(method, T=LONG, problem=PROBLEM, hp=HP, train=minibatch, val=(XV, YV)):
-    return method.plan(problem, hp, T, train, val)
+    return hg.plan(method, problem, hp, T, train, val)
 
 
-def test_planner_picks_the_fastest_plan_that_fits_and_it_compiles_within_budget():
-    on = dict(problem=LOGREG, hp=LOGREG_HP, train=(XL, YL), val=(XL, YL))
-    assert hg.Reverse().default_store(LOGREG, LOGREG_HP, LONG, (XL, YL), (XL, YL)) == "residuals"
-    fixed = [plan(hg.Reverse(**o), **on) for o in ({"store": "residuals"}, {"store": "states"}, {"checkpoint": "sqrt"})]
+def within(budget, T=LONG, problem=PROBLEM, hp=HP, train=minibatch, val=(XV, YV)):
+    return hg.Reverse.within(budget, problem, hp, T, train, val)
+
+
+def test_within_picks_the_fastest_store_that_fits_and_it_compiles_within_budget():
+    assert planner.default_store(LOGREG, LOGREG_HP, (XL, YL)) == hg.Residuals()
+    fixed = [plan(hg.Reverse(store=s), **ON_LOGREG) for s in (hg.Residuals(), hg.States(), hg.Segments("sqrt"))]
     need = [p.predicted_bytes for p in fixed]
     assert need[0] > need[1] > need[2]  # residuals > states > √T here
-    one = plan(hg.Reverse(checkpoint=hg.Binomial(1)), **on)
+    one = plan(hg.Reverse(store=hg.Binomial(1)), **ON_LOGREG)
     budgets = [need[0], need[1], need[2], (need[2] + one.predicted_bytes) // 2]
-    chosen = [plan(hg.Reverse(memory=b), **on) for b in budgets]
-    assert [(p.store, p.checkpoint) for p in chosen[:3]] == [("residuals", None), ("states", None), ("states", "sqrt")]
-    assert isinstance(chosen[3].checkpoint, hg.Binomial) and 1 < chosen[3].checkpoint.slots < 2 * math.sqrt(LONG)
-    factors = [p.recompute_factor for p in chosen]
+    chosen = [within(b, **ON_LOGREG) for b in budgets]
+    assert [m.store for m in chosen[:3]] == [hg.Residuals(), hg.States(), hg.Segments("sqrt")]
+    assert isinstance(chosen[3].store, hg.Binomial) and 1 < chosen[3].store.slots < 2 * math.sqrt(LONG)
+    plans = [plan(m, **ON_LOGREG) for m in chosen]
+    factors = [p.recompute_factor for p in plans]
     assert factors[:3] == [1.0, 2.0, 3.0] and factors[3] > 3.0
-    for b, p in zip(budgets, chosen, strict=True):
-        assert p.budget == b and p.predicted_bytes <= b
-        compiled = temp_bytes(hg.Reverse(memory=b), **on)
+    for b, m, p in zip(budgets, chosen, plans, strict=True):
+        assert p.predicted_bytes <= b
+        compiled = compiled_bytes(m, **ON_LOGREG)
         assert compiled <= b, (p, compiled)
         # Conservative, and not wildly so (the margin's fixed part, two states, weighs most at this tiny size).
         assert compiled <= p.predicted_bytes < 1.3 * compiled
-    assert "predicted" in str(chosen[3]) and "Binomial" in str(chosen[3])
+    assert "predicted" in str(plans[3]) and "Binomial" in str(plans[3])
+    assert chosen[3].label == f"reverse mode (Binomial(slots={chosen[3].store.slots}))"  # what the loop records
     # Where a step's residuals are large (the MLP: 6.4 states), no budget buys them: Reverse() would not either.
-    assert (
-        plan(hg.Reverse(memory=2**40)).store
-        == "states"
-        == hg.Reverse().default_store(PROBLEM, HP, LONG, minibatch, (XV, YV))
-    )
+    assert within(2**40).store == hg.States() == planner.default_store(PROBLEM, HP, minibatch)
 
 
 def test_budget_below_every_plan_is_refused_naming_the_minimum():
-    one = plan(hg.Reverse(checkpoint=hg.Binomial(1)))
+    one = plan(hg.Reverse(store=hg.Binomial(1)))
     with pytest.raises(ValueError, match=rf"the least any needs is {one.predicted_bytes} bytes"):
-        plan(hg.Reverse(memory=one.predicted_bytes - 1))
-    with pytest.raises(ValueError, match="no plan fits"):  # from run too, before any compute
-        hg.hypergradient(PROBLEM, HP, LONG, minibatch, (XV, YV), method=hg.Reverse(memory=1000))
-    assert plan(hg.Reverse(memory=one.predicted_bytes)).checkpoint == hg.Binomial(1)
+        within(one.predicted_bytes - 1)
+    assert within(one.predicted_bytes).store == hg.Binomial(1)
+    with pytest.raises(ValueError, match=r"Reverse.within\(budget_bytes, ...\) must be a positive int"):
+        within(2.5e6)
+
+
+def test_nothing_compiles_while_a_callers_function_is_traced(caplog):
+    method = within(plan(hg.Reverse(store=hg.Segments("sqrt"))).predicted_bytes)
+    methods = (hg.Reverse(), method, hg.Reverse(store=hg.Binomial(3), truncate=50), hg.Reverse(store=Unrolled()))
+
+    def grads(hp):
+        return [hg.hypergradient_result(PROBLEM, hp, LONG, minibatch, (XV, YV), method=m).grads for m in methods]
+
+    with caplog.at_level(logging.DEBUG, logger="jax"), jax.log_compiles(True):
+        jax.make_jaxpr(grads)(HP)
+        traced = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
+        jax.jit(lambda x: x + 1).lower(1.0).compile()  # the log does show a compilation
+        compiled = [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
+    assert traced == [] and len(compiled) > 0
+    with pytest.raises(TypeError, match=r"outside, and pass the method it returns in"):
+        jax.jit(lambda hp: within(10**7, hp=hp).store)(HP)
+
+
+def test_old_keywords_name_their_replacement():
+    for old, new in (
+        ({"checkpoint": "sqrt"}, r"store=hg.Segments\(length='sqrt'\)"),
+        ({"checkpoint": 4}, r"store=hg.Segments\(length=4\)"),
+        ({"checkpoint": hg.Binomial(4)}, r"store=hg.Binomial\(slots=4\)"),
+        ({"memory": 2**20}, r"hg.Reverse.within\(1048576, problem, hparams, T"),
+        ({"store": "states"}, r"store=hg.States\(\)"),
+        ({"store": "residuals"}, r"store=hg.Residuals\(\)"),
+    ):
+        with pytest.raises(TypeError, match=new):
+            hg.Reverse(**old)
 
 
 def test_options_are_validated():
-    for bad in (
-        {"store": "activations"},
-        {"store": "residuals", "checkpoint": "sqrt"},
-        {"memory": 0},
-        {"memory": 2.5e6},
-        {"memory": 10**6, "store": "states"},
-        {"memory": 10**6, "checkpoint": hg.Binomial(4)},
-        {"checkpoint": "binomial"},
-    ):
-        with pytest.raises(ValueError, match=r"Reverse\((store|memory|checkpoint)=\.\.\.\)"):
-            hg.Reverse(**bad)
+    with pytest.raises(TypeError, match=r"Reverse\(store=...\) must be None"):
+        hg.Reverse(store="activations")
+    with pytest.raises(ValueError, match=r"Reverse\(truncate=...\)"):
+        hg.Reverse(truncate=0)
+    with pytest.raises(ValueError, match=r"Segments\(length=...\)"):
+        hg.Segments("binomial")
     with pytest.raises(ValueError, match=r"Binomial\(slots=\.\.\.\)"):
         hg.Binomial(0)
-    assert hash(hg.Reverse(checkpoint=hg.Binomial(4))) == hash(hg.Reverse(checkpoint=hg.Binomial(4)))
-    assert hg.Reverse(memory=64 * 2**20).label == "reverse mode (memory=64 MiB)"
-    assert hg.Reverse(checkpoint=hg.Binomial(8)).label == "reverse mode (checkpoint=Binomial(slots=8))"
+    with pytest.raises(NotImplementedError, match="no cost model"):
+        plan(hg.Reverse(store=Unrolled()))
+    assert hash(hg.Reverse(store=hg.Binomial(4))) == hash(hg.Reverse(store=hg.Binomial(4)))
+    assert hg.Reverse(store=hg.Binomial(8), truncate=3).label == "reverse mode (Binomial(slots=8), truncate=3)"
 
 
-def test_the_loop_records_the_plan():
+def test_the_loop_records_the_method_that_ran():
     import optax
 
-    method = hg.Reverse(memory=plan(STATES, T).predicted_bytes - 1)  # too little for every state
+    method = within(plan(STATES, T).predicted_bytes - 1, T=T)  # too little for every state
     opt = hg.HyperOptimizer(PROBLEM, method=method, hyper_optimizer=optax.sgd(1e-3))
     result = opt.run(HP, 1, T, minibatch, (XV, YV), progress=False)
-    attrs = result.history.attrs["method"]
-    described = method.describe(PROBLEM, HP, T, minibatch, (XV, YV))
-    assert attrs.startswith(method.label) and "checkpoint='sqrt'" in described
-    assert attrs == described
+    assert method.store == hg.Segments("sqrt")
+    assert result.history.attrs["method"] == method.label == "reverse mode (Segments(length='sqrt'))"

@@ -44,9 +44,9 @@ def minibatch(t):
 
 
 T_LONG = 23  # 23 is prime: the segments never divide it, the remainder path runs
-CHECKPOINTED = {checkpoint: hg.Reverse(hvp=hvp, checkpoint=checkpoint) for checkpoint, hvp in [
+CHECKPOINTED = {length: hg.Reverse(hvp=hvp, store=hg.Segments(length)) for length, hvp in [
     ("sqrt", "reverse-over-reverse"), (7, "forward-over-reverse")]}  # fmt: skip
-TRUNCATED = {(K, checkpoint): hg.Reverse(truncate=K, checkpoint=checkpoint) for K, checkpoint in [
+TRUNCATED = {(K, length): hg.Reverse(truncate=K, store=length and hg.Segments(length)) for K, length in [
     (T_LONG, None), (5, None), (12, 5)]}  # fmt: skip
 
 
@@ -120,10 +120,11 @@ def test_reverse_options_are_validated_before_compute():
     for bad, name in [
         ({"truncate": 0}, "truncate"),
         ({"truncate": 2.5}, "truncate"),
-        ({"checkpoint": "log"}, "checkpoint"),
     ]:
         with pytest.raises(ValueError, match=re.escape(f"Reverse({name}=...)")):
             hg.Reverse(**bad)
+    with pytest.raises(ValueError, match=re.escape("Segments(length=...)")):
+        hg.Segments("log")
     with pytest.raises(ValueError, match=r"1 ≤ K ≤ T.*truncate=30 with T=20"):
         hg.hypergradient(mlp_problem(), HP, 20, minibatch, (XV, YV), method=hg.Reverse(truncate=30))
 
@@ -147,7 +148,7 @@ def test_implicit_quadratic_against_closed_form():
     # The numbers quoted in issue 6 are this closed form (no sign or ½ difference).
     np.testing.assert_allclose(analytic, [0.0, 0.28290681, 36.6, 51.66040571], atol=1e-8)
     implicit = (hg.Implicit(), hg.Implicit(solver="neumann", alpha=0.2, iterations=400, tol=1e-12))
-    unrolled = (hg.Reverse(), hg.Forward(), hg.Reverse(checkpoint="sqrt"))
+    unrolled = (hg.Reverse(), hg.Forward(), hg.Reverse(store=hg.Segments("sqrt")))
 
     @functools.partial(jax.jit, compiler_options=QUICK_TO_COMPILE)
     def every(hp):  # all the runs of this test, in one compiled call
@@ -257,7 +258,7 @@ def test_data_parallel_inner_run_matches_single_device():
     train = (jax.device_put(X, batch), jax.device_put(Y, batch))
     hp = jax.device_put(HP, replicated)
     assert len(train[0].sharding.device_set) == 4
-    methods = (hg.Reverse(checkpoint="sqrt"), hg.Implicit(iterations=200, tol=1e-8))
+    methods = (hg.Reverse(store=hg.Segments("sqrt")), hg.Implicit(iterations=200, tol=1e-8))
     single = jax.jit(  # on one device, both methods in one compiled call
         lambda h: [hg.hypergradient_result(problem, h, 30, (X, Y), (XV, YV), method=m) for m in methods],
         compiler_options=QUICK_TO_COMPILE,

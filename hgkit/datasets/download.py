@@ -220,7 +220,7 @@ def download_to(url: str, folder: Path, timeout: float) -> tuple[Path, str]:
         raise
 
 
-def describe(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> str:
     """A one-line account of why a mirror failed."""
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
@@ -255,7 +255,7 @@ def fetch(file: RemoteFile, mirrors: Sequence[str], folder: Path, dataset: str, 
             tmp = None
             return array
         except (OSError, http.client.HTTPException, ChecksumError, IdxFormatError) as e:
-            reason = describe(e)
+            reason = failure_reason(e)
             if isinstance(e, urllib.error.HTTPError):
                 e.close()  # it holds the error page's open response
             log.info("%s failed: %s", url, reason)

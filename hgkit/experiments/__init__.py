@@ -14,8 +14,8 @@ Every experiment module has:
   ``NAME*.png`` with ``_report.save_figure``, and returns the paths.
 
 What they share lives in the private modules: ``_config`` (the configs' checks), ``_data`` (the packaged MNIST
-cut to size), ``_models`` (MLP, linear model, losses, plain training by :func:`hgkit.unroll`), ``_measure`` (what
-a hypergradient costs in memory and time) and ``_report`` (seed loop, tables and figures).
+cut to size), ``_models`` (MLP, linear model, losses, plain training by :func:`hgkit.unroll`) and ``_report`` (seed
+loop, tables and figures); what a hypergradient costs in memory and time is measured by :mod:`hgkit.measure`.
 
 Modules are imported on demand, so listing them costs nothing.
 

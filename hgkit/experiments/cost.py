@@ -19,12 +19,12 @@ pushes the m tangents in parallel, so there forward mode's time stays nearly fla
 batch of Gaussian inputs with random labels, trained by heavy-ball momentum (μ = 0.9) with m learning rates: entry
 j of every weight array uses ``lr[j mod m]`` (parameter groups). The state is the weights and the velocity.
 
-**How it is measured.** By :func:`hgkit.experiments._measure.measure_hypergradient`, the definition the classroom's
-cost widget shares: each point is compiled once (``jax.jit(f).lower(...).compile()``); its memory is the compiled
-program's ``temp + output`` bytes from ``memory_analysis()`` (exact, deterministic, no timing noise; the
-arguments, the same for every method, are left out); its time is the fastest of ``repeats`` calls after a warm-up
-call (compilation excluded; the fastest, not the median, because other processes on a shared machine only ever
-add time). Three sweeps share one base point ``(T, m, width)``: T varies, then m, then width.
+**How it is measured.** By :func:`hgkit.measure.measure_hypergradient`, the definition the classroom's cost
+widget shares: each point is compiled once (``jax.jit(f).lower(...).compile()``); its memory is the compiled
+program's temporaries + outputs (:func:`hgkit.hypergrad.planner.program_bytes`: exact, deterministic, no timing
+noise; the arguments, the same for every method, are left out); its time is the fastest of ``repeats`` calls
+after a warm-up call (compilation excluded; the fastest, not the median, because other processes on a shared
+machine only ever add time). Three sweeps share one base point ``(T, m, width)``: T varies, then m, then width.
 
 This module owns the cost problem, the sweeps, the claims checked against them and the report (``cost.md``,
 ``cost.csv``, ``cost.png``).
@@ -53,8 +53,8 @@ import pandas as pd
 import hgkit as hg
 
 from .._checks import positive_int
+from ..measure import measure_hypergradient
 from ._config import check_positive_ints
-from ._measure import measure_hypergradient
 from ._models import cross_entropy, mlp
 from ._report import markdown_table, save_figure, write_tables
 
@@ -310,6 +310,7 @@ def run(config: Config = DEFAULT, progress: bool = True) -> Results:
 def draw(fig, results: Results) -> dict:
     """Memory and time (rows) against T, m and width (columns), measured with the theory's growth dashed."""
     from .. import plot
+    from ..plot.cost import METHOD_COLORS
 
     c = results.config
     grid = fig.subplots(2, 3)
@@ -326,7 +327,7 @@ def draw(fig, results: Results) -> dict:
         ax = grid[row, 2]
         for method in METHODS:
             rows = _sweep(results.costs, c, method, "width")
-            ax.plot(rows["state_numbers"], rows[y], marker="o", color=plot.METHOD_COLORS[method], label=method)
+            ax.plot(rows["state_numbers"], rows[y], marker="o", color=METHOD_COLORS[method], label=method)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("state size |s| (numbers)")

@@ -49,13 +49,10 @@ import numpy as np
 import optax
 import pandas as pd
 
-from .. import optim
+import hgkit as hg
+
 from .._checks import positive_number
-from ..constraints import capped_simplex
 from ..datasets.mnist import corrupt_labels
-from ..hypergrad import Reverse
-from ..outer import HyperOptimizer
-from ..problem import BilevelProblem
 from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
 from ._data import mnist
 from ._models import accuracy, cross_entropies, linear, linear_init, plain_training
@@ -116,7 +113,7 @@ FULL = Config(
 # ----- the problem --------------------------------------------------------------------------------------------
 
 
-def make_problem(n_features: int, lr: float, dtype) -> BilevelProblem:
+def make_problem(n_features: int, lr: float, dtype) -> hg.BilevelProblem:
     """Softmax regression from zero weights; the per-example weights ``hp["weights"]`` scale the training loss."""
 
     def train_loss(w, hp, batch):
@@ -127,15 +124,15 @@ def make_problem(n_features: int, lr: float, dtype) -> BilevelProblem:
         x, y = batch
         return jnp.mean(cross_entropies(linear(w, x), y))
 
-    return BilevelProblem(
+    return hg.BilevelProblem(
         init=lambda hp, key: linear_init(n_features, NUM_CLASSES, dtype),
         train_loss=train_loss,
         val_loss=val_loss,
-        optimizer=optim.sgd(lr),
+        optimizer=hg.optim.sgd(lr),
     )
 
 
-def train(problem: BilevelProblem, weights, T: int, train_data):
+def train(problem: hg.BilevelProblem, weights, T: int, train_data):
     """The weights after T steps of training with per-example ``weights`` (no hypergradient)."""
     return plain_training(problem, {"weights": weights}, train_data, T).state.params
 
@@ -176,11 +173,11 @@ def setup(config: Config, n_features: int):
     shared by the seeds: the compiled steps are cached on these objects' identity."""
     problem = make_problem(n_features, config.lr, np.dtype(config.dtype))
     loops = {
-        budget: HyperOptimizer(
+        budget: hg.HyperOptimizer(
             problem,
-            method=Reverse(),
+            method=hg.Reverse(),
             hyper_optimizer=optax.adam(config.hyper_lr),
-            constraints={"weights": capped_simplex(budget)},
+            constraints={"weights": hg.constraints.capped_simplex(budget)},
         )
         for budget in config.budgets
     }

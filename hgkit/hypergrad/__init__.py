@@ -3,17 +3,20 @@
 What each module owns: :mod:`~hgkit.hypergrad.base` the method contracts and the result type,
 :mod:`~hgkit.hypergrad.failures` the failure vocabulary and its messages, :mod:`~hgkit.hypergrad.entry` the entry
 points, and one module per method (:mod:`~hgkit.hypergrad.reverse`, :mod:`~hgkit.hypergrad.forward`,
-:mod:`~hgkit.hypergrad.realtime`, :mod:`~hgkit.hypergrad.implicit`).
+:mod:`~hgkit.hypergrad.realtime`, :mod:`~hgkit.hypergrad.implicit`); reverse mode's stores are
+:mod:`~hgkit.hypergrad.stores` (revolve's schedule: :mod:`~hgkit.hypergrad.checkpointing`) and its memory
+:mod:`~hgkit.hypergrad.planner`.
 """
 
-from .base import HypergradientMethod, HypergradientResult, OnlineMethod
-from .checkpointing import Binomial
+from .base import HypergradientMethod, HypergradientResult, OnlineMethod, result
 from .entry import hypergradient, hypergradient_result
 from .failures import DivergenceError, Failure, raise_if_diverged
 from .forward import Forward
 from .implicit import Implicit
+from .planner import Plan, plan
 from .realtime import RealTime, RealTimeState
 from .reverse import Reverse
+from .stores import Binomial, Residuals, Reversal, Segments, States, Steps, Store
 
 __all__ = [
     "Binomial",
@@ -24,10 +27,19 @@ __all__ = [
     "HypergradientResult",
     "Implicit",
     "OnlineMethod",
+    "Plan",
     "RealTime",
     "RealTimeState",
+    "Residuals",
+    "Reversal",
     "Reverse",
+    "Segments",
+    "States",
+    "Steps",
+    "Store",
     "hypergradient",
     "hypergradient_result",
+    "plan",
     "raise_if_diverged",
+    "result",
 ]

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import require_positive_int
-from .._tree import PyTree, is_float, tree_map, unview
+from .._tree import PyTree, is_float, join_model, tree_map
 from ..hparams import MissingHyperparameterError, check_hparams
 from ..problem import BilevelProblem, TrainState, initial_state, objective_index, train_step
 
@@ -66,7 +66,7 @@ def check_inputs(
         )
     else:
         state = _abstract(init_state)
-    arrays = state.params  # the model's arrays (an ArrayView when it has static leaves)
+    arrays = state.arrays  # the model's arrays (None at its static leaves)
     bad = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(arrays) if not is_float(x)]
     if bad:
         raise TypeError(f"init must return float parameters; params{bad[0]} is {_structure(arrays)}")
@@ -79,7 +79,7 @@ def check_inputs(
         batch = _abstract(train_data)
         origin = "train_data"
     try:
-        loss = jax.eval_shape(problem.inner_loss, arrays, hp, batch)
+        loss = jax.eval_shape(lambda a, h, b: problem.inner_loss(a, h, b, state.static), arrays, hp, batch)
     except MissingHyperparameterError:
         raise
     except Exception as e:
@@ -120,7 +120,7 @@ def check_inputs(
     for what, fn, data in fns:
         out = _call(
             f"{what}(params, hparams, val_data)",
-            lambda v, h, d, fn=fn: fn(unview(v), h, d),
+            lambda v, h, d, fn=fn: fn(join_model(v, state.static), h, d),
             arrays,
             hp,
             _abstract(data),

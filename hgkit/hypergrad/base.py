@@ -11,12 +11,14 @@ method=...)``, ``hg.HyperOptimizer(..., method=...)``), as diffrax's adjoints ar
   of T steps with T/Δ updates of λ, any other method restarts training at each hyper-iteration.
 
 A method of your own subclasses one of them (frozen dataclass, hashable: it is a static argument of ``jit``) and
-returns a :class:`HypergradientResult`; :func:`result` builds one, classifying how the computation failed if it did
-(see :mod:`hgkit.hypergrad.failures`).
+returns a :class:`HypergradientResult`. Everything it needs is public: :func:`hg.initial_state
+<hgkit.initial_state>`, :func:`hg.train_step <hgkit.train_step>` and :func:`hg.unroll <hgkit.unroll>` (the
+dynamics), :func:`hg.batch_at <hgkit.batch_at>` (the batch of a step), :func:`hg.objectives <hgkit.objectives>`
+and :func:`hg.outer_derivatives <hgkit.outer_derivatives>` (the read-out), and :func:`hg.result <hgkit.result>`,
+which builds the result and classifies how the computation failed if it did (:mod:`hgkit.hypergrad.failures`).
 
-Example:
+Example, forward differences through the public names:
     >>> import dataclasses, jax, jax.numpy as jnp, hgkit as hg
-    >>> from hgkit.hypergrad.base import result
     >>> @dataclasses.dataclass(frozen=True)
     ... class FiniteDifference(hg.HypergradientMethod):
     ...     '''Forward differences: a slow, approximate method, as a demonstration of the contract.'''
@@ -31,7 +33,7 @@ Example:
     ...         grads = jnp.stack([(f(unflatten(flat.at[i].add(self.h)))[1] - value) / self.h
     ...                            for i in range(flat.size)], axis=-1)   # (objectives, m)
     ...         grads = jax.vmap(unflatten)(grads)
-    ...         return result(problem, hparams, value, grads, run0.state, run0.losses, run0.diverged_at)
+    ...         return hg.result(problem, hparams, value, grads, run0.state, run0.losses, run0.diverged_at)
     >>> problem = hg.BilevelProblem(lambda hp, k: jnp.zeros(1), lambda w, hp, b: jnp.sum((w - b) ** 2),
     ...                             lambda w, hp, b: jnp.sum(w**2), hg.optim.sgd("lr"))
     >>> hp = {"lr": jnp.asarray(0.1)}
@@ -116,22 +118,6 @@ class HypergradientMethod(abc.ABC):
     def label(self) -> str:
         """A short name for status lines and plots (``"reverse mode"``); the class name by default."""
         return type(self).__name__
-
-    def describe(
-        self,
-        problem: BilevelProblem,
-        hparams: PyTree,
-        T: int,
-        train_data: Any,
-        val_data: PyTree,
-        *,
-        key: Any = None,
-        init_state: TrainState | None = None,
-    ) -> str:
-        """What the run's records say ran (``history.attrs["method"]``): :attr:`label`, unless the method chooses
-        what it runs from the problem's sizes and says so here (``Reverse(memory=...)``: its plan)."""
-        del problem, hparams, T, train_data, val_data, key, init_state
-        return self.label
 
 
 class OnlineMethod(HypergradientMethod):

@@ -1,4 +1,5 @@
-"""Binomial checkpointing (Griewank's *revolve*): reverse n steps of a recurrence keeping at most ``slots`` states.
+"""Binomial checkpointing (Griewank's *revolve*): reverse n steps of a recurrence keeping at most ``slots`` states;
+the schedule and its executor behind :class:`hg.Binomial <hgkit.Binomial>`.
 
 Reverse mode needs the state ``s_t`` before each step t, in the order t = n−1, …, 0. Storing them all costs n
 states; storing ``slots`` of them and recomputing the others from the nearest stored one costs extra forward
@@ -35,7 +36,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -48,37 +48,7 @@ from jax import lax
 from .._checks import positive_int
 from .._tree import PyTree, all_finite, mark_first, tree_map
 
-__all__ = ["Binomial", "Schedule", "execute", "forward_steps", "schedule"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Binomial:
-    """Binomial checkpointing for :class:`~hgkit.Reverse`: keep at most ``slots`` training states (the initial
-    state's included, as revolve's "snaps") and recompute the others by the schedule with the fewest steps.
-
-    Memory: ``slots·|s|`` plus full reverse mode's working memory (what it needs beside its stored states).
-    Time: ``F(T, slots)`` plain training steps (:func:`forward_steps`) besides the T reversed steps, against
-    ``T − 1`` for full reverse mode: with 32 slots at T = 10,000, 32,860 (3.3 passes instead of 1).
-
-    Example:
-        >>> import jax.numpy as jnp, hgkit as hg
-        >>> problem = hg.BilevelProblem(
-        ...     init=lambda hp, key: jnp.zeros(2),
-        ...     train_loss=lambda w, hp, b: jnp.sum((w - b) ** 2) + hp["wd"] * jnp.sum(w**2),
-        ...     val_loss=lambda w, hp, b: jnp.sum((w - 2 * b) ** 2),
-        ...     optimizer=hg.optim.sgd(0.1))
-        >>> hp, b = {"wd": jnp.asarray(0.1)}, jnp.ones(2)
-        >>> _, full = hg.hypergradient(problem, hp, 50, b, b)
-        >>> _, few = hg.hypergradient(problem, hp, 50, b, b, method=hg.Reverse(checkpoint=hg.Binomial(slots=3)))
-        >>> bool(jnp.allclose(full["wd"], few["wd"], rtol=1e-5))
-        True
-    """
-
-    slots: int
-
-    def __post_init__(self):
-        if not positive_int(self.slots):
-            raise ValueError(f"Binomial(slots=...) must be a positive int (states kept); got {self.slots!r}")
+__all__ = ["Schedule", "execute", "forward_steps", "schedule"]
 
 
 # ----- the cost, in closed form ----------------------------------------------------------------------------------
@@ -196,35 +166,6 @@ def schedule(n: int, slots: int) -> Schedule:
             restore, turn_moves = -1, len(moves)
     moves = np.asarray(moves, np.int32).reshape(-1, 3)
     return Schedule(n, used, forward, moves, sweep, np.asarray(turns, np.int32).reshape(-1, 4))
-
-
-def simulate(sched: Schedule) -> list[tuple[str, int]]:
-    """Run a schedule on step numbers instead of states, checking it: every reversal finds the state before its
-    step current, steps are reversed from n − 1 down to 0, only allotted slots are used. Returns the stores and
-    reversals in order."""
-    stored, log = {0: 0}, []
-
-    def move(cur, first, count, slot):
-        assert first == cur and count > 0, (first, cur, count)
-        if slot >= 0:
-            assert 0 < slot < sched.slots, slot
-            stored[slot] = cur + count
-            log.append(("snapshot", slot))
-        return cur + count
-
-    cur = 0
-    for row in sched.moves[: sched.sweep].tolist():
-        cur = move(cur, *row)
-    assert cur == sched.n - 1, (cur, sched.n)
-    for i, (restore, lo, hi, t) in enumerate(sched.turns.tolist()):
-        assert (restore < 0) == (i == 0) and (i > 0 or lo == hi == sched.sweep), (i, restore, lo, hi)
-        cur = stored[restore] if restore >= 0 else cur
-        for row in sched.moves[lo:hi].tolist():
-            cur = move(cur, *row)
-        assert cur == t, (cur, t)
-        log.append(("reverse", t))
-    assert [v for a, v in log if a == "reverse"] == list(range(sched.n - 1, -1, -1)), log
-    return log
 
 
 # ----- the executor --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import jax
 from .._checks import positive_int
 from .._tree import PyTree, is_traced
 from ..hparams import check_hparams
-from ..problem import BilevelProblem, TrainState
+from ..problem import BilevelProblem, TrainState, precision
 from .base import HypergradientMethod, HypergradientResult, OnlineMethod
 from .failures import raise_if_diverged
 from .reverse import Reverse
@@ -79,14 +79,15 @@ def hypergradient(
         train_data: one batch (any pytree) used at every step, or a callable ``step -> batch`` (``step`` an
             int32 counting from 0) for minibatches.
         val_data: the batch of the outer objective (a mapping of batches for several objectives).
-        method: ``hg.Reverse()`` (default; ``checkpoint=`` and ``truncate=`` for long runs), ``hg.Forward()``,
+        method: ``hg.Reverse()`` (default; ``store=`` and ``truncate=`` for long runs), ``hg.Forward()``,
             ``hg.RealTime(delta)``, ``hg.Implicit()``, or any :class:`~hgkit.HypergradientMethod`.
         key: passed to ``problem.init``.
 
     Compiled once per problem, method, T, ``train_data`` callable and input shapes: new hyperparameter values do
-    not recompile. Checks its inputs and raises :class:`~hgkit.DivergenceError`, naming the inner step, if
-    training goes non-finite: both on the host, so it cannot itself be jitted or vmapped (use
-    :func:`hypergradient_result` there).
+    not recompile. Matrix products run at the problem's ``matmul_precision`` (full float32 by default). Checks
+    its inputs and raises :class:`~hgkit.DivergenceError`, naming the inner step, if training goes non-finite:
+    both on the host, so it cannot itself be jitted or vmapped (use :func:`hypergradient_result` there, under
+    ``jax.default_matmul_precision`` if wanted).
     """
     if is_traced((hparams, train_data, val_data, key)):
         raise TypeError(
@@ -98,7 +99,8 @@ def hypergradient(
     check_hparams(hparams)
     method = check_method(method)
     train_fn, train_batch = (train_data, None) if callable(train_data) else (None, train_data)
-    result = _compiled(problem, hparams, T, train_fn, train_batch, val_data, method, key)
+    with precision(problem):
+        result = _compiled(problem, hparams, T, train_fn, train_batch, val_data, method, key)
     raise_if_diverged(result, T, hparams)
     return result.value, result.grads
 

@@ -171,7 +171,7 @@ def advance(
 def through_weights(dE_dw: PyTree, tangents: PyTree) -> jax.Array:
     """``∂E/∂w · Z`` for every objective and direction, summed over the parameter leaves: shape (k, m).
 
-    ``dE_dw`` has the parameters' structure with a leading axis k, ``tangents`` (``Z.params``) with a leading axis m.
+    ``dE_dw`` has the parameters' structure with a leading axis k, ``tangents`` (``Z.arrays``) with a leading axis m.
     """
     pairs = zip(jax.tree_util.tree_leaves(dE_dw), jax.tree_util.tree_leaves(tangents), strict=True)
     return sum(g.reshape(g.shape[0], -1) @ z.reshape(z.shape[0], -1).T for g, z in pairs)
@@ -191,15 +191,16 @@ def assemble(through_w: jax.Array, dE_dh: PyTree, hparams: PyTree) -> PyTree:
 
 
 def read_out(problem: BilevelProblem, carry: TangentState, hparams: PyTree, val_data: PyTree):
-    """``∂E/∂s_t Z_t + ∂E/∂λ`` for every objective: the objective vector (k,) and the hypergradient of every
-    objective (the structure of ``hparams``, each leaf with a leading axis k)."""
-    values, dE_dw, dE_dh = outer_derivatives(problem, carry.state.params, hparams, val_data)
-    return values, assemble(through_weights(dE_dw, carry.tangents.params), dE_dh, hparams)
+    """``∂E/∂s_t Z_t + ∂E/∂λ`` for every objective: the objective vector (k,), the hypergradient of every
+    objective (the structure of ``hparams``, each leaf with a leading axis k) and ``∂E/∂w`` (for reading out
+    other tangents through the weights, as MARTHE's ``∇E·B_t``)."""
+    values, dE_dw, dE_dh = outer_derivatives(problem, carry.state, hparams, val_data)
+    return values, assemble(through_weights(dE_dw, carry.tangents.arrays), dE_dh, hparams), dE_dw
 
 
 def finish(problem: BilevelProblem, carry: TangentState, hparams: PyTree, val_data: PyTree, losses):
     """The :class:`~hgkit.HypergradientResult` at the carry's step."""
-    values, grads = read_out(problem, carry, hparams, val_data)
+    values, grads, _ = read_out(problem, carry, hparams, val_data)
     return result(problem, hparams, values, grads, carry.state, losses, carry.diverged_at, carry.grad_diverged_at)
 
 

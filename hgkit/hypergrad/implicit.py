@@ -146,13 +146,14 @@ class Implicit(HypergradientMethod):
         trained = unroll(problem, s0, hparams, train_data, 0, T)
 
         batch = batch_at(train_data, jnp.int32(T - 1))
-        w, unravel = ravel_pytree(trained.state.params)
+        w, unravel = ravel_pytree(trained.state.arrays)
+        static = trained.state.static
 
         def grad_w(x, hp):
-            return ravel_pytree(jax.grad(problem.inner_loss)(unravel(x), hp, batch))[0]
+            return ravel_pytree(jax.grad(problem.inner_loss)(unravel(x), hp, batch, static))[0]
 
         _, hvp = jax.linearize(lambda x: grad_w(x, hparams), w)  # H·v, linearized once
-        values, dE_dw, dE_dh = outer_derivatives(problem, trained.state.params, hparams, val_data)
+        values, dE_dw, dE_dh = outer_derivatives(problem, trained.state, hparams, val_data)
         b = jax.vmap(lambda g: ravel_pytree(g)[0])(dE_dw)  # one row per objective
 
         if self.solver == "cg":

@@ -51,7 +51,7 @@ Example:
     >>> rt = hg.RealTime(delta=5)
     >>> carry = rt.init(problem, hp)
     >>> carry, result = rt.step(problem, carry, hp, train_data=jnp.ones(2), val_data=jnp.ones(2))
-    >>> int(carry.step), result.train_losses.shape
+    >>> int(carry.forward.step), result.train_losses.shape
     (5, (5,))
     >>> marthe = hg.RealTime(delta=1, discount="adapt")
     >>> marthe.label
@@ -74,17 +74,18 @@ import numpy as np
 
 from .._checks import require_positive_int
 from .._tree import PyTree, tree_size
-from ..problem import BilevelProblem, TrainState, batch_at, objective_index, outer_derivatives
+from ..problem import BilevelProblem, TrainState, batch_at, objective_index
 from ._inputs import check_inputs
 from .base import HypergradientResult, OnlineMethod, result
 from .forward import (
     DEFAULT_MAX_DIRECTIONS,
+    TangentState,
     advance,
-    assemble,
     check_directions,
     directions,
     finish,
     init_tangents,
+    read_out,
     tangent_step,
     through_weights,
 )
@@ -95,11 +96,7 @@ ADAPT = "adapt"
 class RealTimeState(NamedTuple):
     """What a real-time run carries from chunk to chunk: forward mode's carry, and the discount per direction."""
 
-    state: TrainState  # the training state s_t
-    tangents: PyTree  # Z_t: the float leaves of s, each with a leading axis of m directions
-    step: jax.Array  # int32: the inner steps done so far
-    diverged_at: jax.Array  # int32: the first inner step whose state was non-finite, or -1
-    grad_diverged_at: jax.Array  # int32: the first inner step whose tangents were non-finite, or -1
+    forward: TangentState  # s_t, Z_t, the inner steps done so far, and where they diverged
     discount: jax.Array  # (m,): μ of each direction, used by every step of the next chunk
     count: jax.Array  # (m,): MARTHE's c of each direction (zeros unless discount="adapt")
 
@@ -178,36 +175,37 @@ class RealTime(OnlineMethod):
     ) -> RealTimeState:
         """``s_0`` and ``Z_0 = ∂S_0/∂λ`` (or a given state with ``Z_0 = 0``), at step 0; μ = 0 and c = 0 with
         ``"adapt"``, else μ = ``discount``."""
-        carry = init_tangents(problem, hparams, key, init_state, directions(hparams))
+        forward = init_tangents(problem, hparams, key, init_state, directions(hparams))
         m = tree_size(hparams)
         dtype = jnp.result_type(*jax.tree_util.tree_leaves(hparams))
         mu0 = 0.0 if self.adaptive else self.discount
-        return RealTimeState(*carry, discount=jnp.full((m,), mu0, dtype), count=jnp.zeros((m,), dtype))
+        return RealTimeState(forward, discount=jnp.full((m,), mu0, dtype), count=jnp.zeros((m,), dtype))
 
     def step(
         self, problem: BilevelProblem, carry: RealTimeState, hparams: PyTree, train_data: Any, val_data: PyTree
     ) -> tuple[RealTimeState, HypergradientResult]:
         """Δ more inner steps under ``hparams``; returns the new carry and the hypergradient at its end."""
-        abstract_state = check_inputs(problem, hparams, self.delta, train_data, val_data, None, carry.state)
+        abstract_state = check_inputs(problem, hparams, self.delta, train_data, val_data, None, carry.forward.state)
         check_directions(hparams, abstract_state, self.max_directions, "RealTime")
         basis = directions(hparams)
         if not self.adaptive:
-            carry, losses = advance(problem, carry, hparams, basis, train_data, self.delta, self.discount)
-            return carry, finish(problem, carry, hparams, val_data, losses)
+            forward, losses = advance(problem, carry.forward, hparams, basis, train_data, self.delta, self.discount)
+            return carry._replace(forward=forward), finish(problem, forward, hparams, val_data, losses)
         # MARTHE: Δ − 1 steps, then the last one keeping its B_t for the update of μ.
         mu = carry.discount
-        carry, first = advance(problem, carry, hparams, basis, train_data, self.delta - 1, mu)
-        batch = batch_at(train_data, carry.step)
-        carry, (last, b_tangent) = tangent_step(problem, carry, hparams, basis, batch, mu, keep_b=True)
+        forward, first = advance(problem, carry.forward, hparams, basis, train_data, self.delta - 1, mu)
+        batch = batch_at(train_data, forward.step)
+        forward, (last, b_tangent) = tangent_step(problem, forward, hparams, basis, batch, mu, keep_b=True)
         losses = jnp.concatenate([first, last[None]])
-        values, dE_dw, dE_dh = outer_derivatives(problem, carry.state.params, hparams, val_data)
-        grads = assemble(through_weights(dE_dw, carry.tangents.params), dE_dh, hparams)
-        res = result(problem, hparams, values, grads, carry.state, losses, carry.diverged_at, carry.grad_diverged_at)
+        values, grads, dE_dw = read_out(problem, forward, hparams, val_data)
+        res = result(
+            problem, hparams, values, grads, forward.state, losses, forward.diverged_at, forward.grad_diverged_at
+        )
         # b_j = ∇E·B_j for the objective direction j follows (the rows of the hypergradient).
         sizes = [int(np.size(x)) for x in jax.tree_util.tree_leaves(hparams)]
         rows = np.repeat(objective_index(problem, hparams), sizes)
-        b = through_weights(dE_dw, b_tangent.params)[rows, np.arange(len(rows))]
+        b = through_weights(dE_dw, b_tangent.arrays)[rows, np.arange(len(rows))]
         delta = flat_per_direction(res.grads).astype(b.dtype)
         discount, count = adapt_discount(carry.discount, carry.count, delta, b)
         dtype = carry.discount.dtype
-        return carry._replace(discount=discount.astype(dtype), count=count.astype(dtype)), res
+        return RealTimeState(forward, discount.astype(dtype), count.astype(dtype)), res

@@ -30,7 +30,6 @@ Example:
 from __future__ import annotations
 
 from .cost import COST_COLUMNS, cost_curves
-from .cost import METHOD_COLORS as METHOD_COLORS  # hgkit.plot.METHOD_COLORS, as before the split
 from .panels import (
     grad_norms,
     history_of,

@@ -149,7 +149,7 @@ def _value_columns(info: RunInfo, history, name: str) -> list[str]:
     """The columns that hold hyperparameter ``name``'s values (a vector's extremes and quantiles)."""
     if name not in info.vectors:
         return [name]
-    return [c for c in (f"{name}.{s}" for s in ("min", "q10", "median", "q90", "max", "mean")) if c in history]
+    return [c for c in (f"{name}.{s}" for s in ("min", "q10", "median", "q90", "max")) if c in history]
 
 
 def hyperparameter_scale(history, name: str) -> str:
@@ -218,8 +218,7 @@ def hyperparameters(
     within its 10–90 % quantile band and its lighter min–max band.
 
     A vector's distribution shows what its mean may hide: per-example weights under a budget (Σλ = R) keep their
-    mean fixed while they spread towards 0 and 1. (A history without the quantile columns, from before they were
-    recorded, gets its mean within the min–max band.)
+    mean fixed while they spread towards 0 and 1.
 
     Args:
         ax: the matplotlib Axes to draw on.
@@ -264,14 +263,10 @@ def hyperparameters(
 
 
 def _vector(ax, history, x: str, name: str, color, band: bool) -> list:
-    """A vector hyperparameter: its median in its 10–90 % and min–max bands (or, in an older history without
-    quantiles, its mean in its min–max band)."""
-    quantiles = all(f"{name}.{s}" in history for s in ("q10", "median", "q90"))
-    center, label = (f"{name}.median", f"{name} (median)") if quantiles else (f"{name}.mean", f"{name} (mean)")
-    _require(history, [center, f"{name}.min", f"{name}.max"], f"hyperparameter {name!r}")
-    artists = _plot(ax, history, x, center, color=color, label=label)
-    bands = [("q10", "q90", 0.3, f"{name} (10–90 %)")] if quantiles else []
-    bands.append(("min", "max", 0.12, f"{name} (min–max)"))
+    """A vector hyperparameter: its median in its 10–90 % and min–max bands."""
+    _require(history, [f"{name}.{s}" for s in ("median", "q10", "q90", "min", "max")], f"hyperparameter {name!r}")
+    artists = _plot(ax, history, x, f"{name}.median", color=color, label=f"{name} (median)")
+    bands = [("q10", "q90", 0.3, f"{name} (10–90 %)"), ("min", "max", 0.12, f"{name} (min–max)")]
     for low, high, alpha, what in bands if band else []:
         for k, rows in enumerate(_members(history)):
             artists.append(

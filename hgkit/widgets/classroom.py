@@ -16,7 +16,7 @@ mode carries one tangent of the state per hyperparameter (m·|s| numbers).
 This module owns the two teaching problems, what the widgets show about them, and the widgets. The computing
 parts are pure functions (:func:`explorer_state`, :func:`measure_cost`, :func:`cost_table`); the training runs
 drawn are :func:`hgkit.unroll`'s, and the cost is measured by the definition the cost experiment uses
-(:mod:`hgkit.experiments._measure`: compiled temporaries + outputs, fastest of several calls). The widgets
+(:mod:`hgkit.measure`: compiled temporaries + outputs, fastest of several calls). The widgets
 (:class:`Explorer`, :class:`CostExplorer`) are thin layers of ipywidgets over them, driveable from code (set a
 slider's ``.value``, read the displayed numbers) and marked with CSS classes (``hgkit-...``) for browser tests.
 
@@ -46,7 +46,7 @@ import numpy as np
 import hgkit as hg
 
 from .._checks import positive_int
-from ..experiments._measure import measure_hypergradient
+from ..measure import measure_hypergradient
 
 __all__ = [
     "CostExplorer",
@@ -273,7 +273,7 @@ def stored_numbers(method: str, T: int, m: int, d: int) -> int:
 def measure_cost(method: str, T: int, m: int, d: int = 64, repeats: int = 5, dtype=None) -> dict:
     """Compile and time one hypergradient of the cost problem; a row of :data:`hgkit.plot.COST_COLUMNS`.
 
-    Measured as the cost experiment measures (:func:`hgkit.experiments._measure.measure`): ``peak_bytes`` is the
+    Measured as the cost experiment measures (:func:`hgkit.measure.measure`): ``peak_bytes`` is the
     compiled program's temporaries + outputs as XLA assigns them
     (``jax.jit(...).lower(...).compile().memory_analysis()``; the arguments, the same for both modes, left out),
     so it is exact and free of timing noise; ``seconds`` is the fastest of ``repeats`` calls after a warm-up

@@ -9,14 +9,19 @@ a checkpoint never runs code):
 * ``snap/<iteration>/<j>``: the snapshots, leaf ``j`` in the hyperparameters' order;
 * ``meta``: a JSON string with the format version, the next iteration, the elapsed seconds, the history rows
   (JSON writes floats with ``repr``, so they come back bit for bit), the population members dropped (diverged)
-  and why, and the run's fingerprint (hyperparameter names, shapes and dtypes, method, T, population), which a
-  resuming run must match.
+  and why, and the run's fingerprint, which a resuming run must match: the hyperparameters' names, shapes and
+  dtypes, the method, T, the population, and the model: every leaf of the training state (path, shape, dtype:
+  the parameters and the optimizer's state) and the model's static leaves (path and what they are).
 
-Tree structures are not stored: the resuming run rebuilds them from its own settings.
+Tree structures are not stored: the resuming run rebuilds them from its own settings, which the fingerprint
+guarantees are the saved run's. A mismatch, an unreadable file or a directory that cannot be written is a
+:class:`CheckpointError` that names the file and what to do; a file that exists is never overwritten by another
+run's state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import zipfile
@@ -26,16 +31,57 @@ import jax.numpy as jnp
 import numpy as np
 
 FILE = "hyperopt.npz"
-FORMAT = 1
+FORMAT = 2  # 2 (hgkit 0.3): the fingerprint describes the model
 TREES = ("u", "opt_state", "carry", "state", "last_hp")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint exists but cannot be read or does not belong to this run; ``path`` names its file."""
+    """A checkpoint cannot be read, cannot be written, or does not belong to this run; ``path`` names its file (or
+    the directory)."""
 
     def __init__(self, message: str, path: str):
         super().__init__(message)
         self.path = path
+
+
+def describe_state(state) -> dict:
+    """The model part of a run's fingerprint, from its (abstract) training state: every leaf's path, shape and
+    dtype, and the static leaves (path and what they are: a function by its qualified name, a number or string by
+    its value, anything else by its type), so that a checkpoint knows the model it was saved with."""
+    leaves = [[_path(p), list(np.shape(x)), str(x.dtype)] for p, x in jax.tree_util.tree_leaves_with_path(state)]
+    static = getattr(state, "static", None)
+    fixed = [] if static is None else jax.tree_util.tree_leaves_with_path(static.tree)
+    return dict(state=leaves, static=[["params" + jax.tree_util.keystr(p), _what(x)] for p, x in fixed])
+
+
+def _path(path) -> str:
+    return jax.tree_util.keystr(path).lstrip(".")
+
+
+def _what(x) -> str:
+    if isinstance(x, bool | int | float | str | type(None)):
+        return repr(x)
+    name = getattr(x, "__qualname__", None) or getattr(x, "__name__", None)
+    if name is not None:
+        return f"{getattr(x, '__module__', None) or ''}.{name}".lstrip(".")
+    return type(x).__qualname__
+
+
+def check_writable(directory) -> None:
+    """Refuse, before any compute, a ``checkpoint_dir`` that cannot be made or written (a file's name, a read-only
+    place), naming it and why."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".{FILE}.probe-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"hgkit")
+        os.remove(probe)
+    except OSError as e:
+        raise CheckpointError(
+            f"checkpoint_dir {os.fspath(directory)!r} cannot be written ({type(e).__name__}: {e.strerror or e}); "
+            "nothing has run yet. Give a directory that can be created and written, or checkpoint_dir=None.",
+            os.fspath(directory),
+        ) from e
 
 
 def save_checkpoint(directory, fingerprint: dict, loop: dict) -> None:
@@ -65,11 +111,16 @@ def save_checkpoint(directory, fingerprint: dict, loop: dict) -> None:
     tmp = path + ".tmp"
     # Write a temporary file, flush it to disk, then rename it over the old checkpoint: os.replace is atomic, so a
     # kill or Ctrl-C at any moment leaves either the previous checkpoint or the new one, never a torn file.
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a half-written temporary file helps nobody; the old checkpoint stays
+            os.remove(tmp)
+        raise
 
 
 def _read(path: str) -> tuple[dict, dict]:
@@ -99,15 +150,19 @@ def load_checkpoint(directory, fingerprint: dict, templates: dict) -> dict | Non
         return None
     meta, z = _read(path)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}; this hgkit reads {FORMAT}", path)
-    saved = meta.get("fingerprint")
-    if saved != json.loads(json.dumps(fingerprint)):
-        saved = saved if isinstance(saved, dict) else {}
-        diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
         raise CheckpointError(
-            f"checkpoint_dir {directory!r} holds a run with other settings, so it cannot be resumed: "
-            f"{ {k: f'saved {a!r}, now {b!r}' for k, (a, b) in diff.items()} }. "
-            "Use another checkpoint_dir or the same settings.",
+            f"checkpoint {path} has format {meta.get('format')!r} (written by another hgkit version); this hgkit "
+            f"reads format {FORMAT} and leaves the file as it is. Use another checkpoint_dir, or move the file aside.",
+            path,
+        )
+    saved = meta.get("fingerprint")
+    now = json.loads(json.dumps(fingerprint))
+    if saved != now:
+        differences = "; ".join(fingerprint_differences(saved if isinstance(saved, dict) else {}, now))
+        raise CheckpointError(
+            f"checkpoint {path} was saved by another run, so it cannot be resumed: {differences}. hgkit leaves the "
+            "file as it is. Resume with the model and settings it was saved with, or give this run another "
+            "checkpoint_dir (or move the file aside to start over).",
             path,
         )
     try:
@@ -135,3 +190,33 @@ def load_checkpoint(directory, fingerprint: dict, templates: dict) -> dict | Non
             path,
         ) from e
     return out
+
+
+def fingerprint_differences(saved: dict, now: dict, most: int = 4) -> list[str]:
+    """What differs between two fingerprints, in words: ``params['W1']: (5, 8) saved, (5, 16) now`` for the
+    model's leaves, ``T: saved 20, now 30`` for the settings (at most ``most`` leaves, then how many more)."""
+    out = []
+    for key in now.keys() | saved.keys():
+        a, b = saved.get(key), now.get(key)
+        if a == b:
+            continue
+        if key in ("state", "static", "hparams") and isinstance(a, list) and isinstance(b, list):
+            out += _leaf_differences(key, a, b, most)
+        else:
+            out.append(f"{key}: saved {a!r}, now {b!r}")
+    return out
+
+
+def _leaf_differences(key: str, saved: list, now: list, most: int) -> list[str]:
+    before, after = ({row[0]: tuple(map(_text, row[1:])) for row in rows} for rows in (saved, now))
+    rows = []
+    for name in [*after, *(n for n in before if n not in after)]:
+        a, b = before.get(name), after.get(name)
+        if a != b:
+            what = {"state": "", "static": "static ", "hparams": "hyperparameter "}[key]
+            rows.append(f"{what}{name}: {' '.join(a) if a else 'absent'} saved, {' '.join(b) if b else 'absent'} now")
+    return rows[:most] + ([f"and {len(rows) - most} more"] if len(rows) > most else [])
+
+
+def _text(x) -> str:
+    return str(tuple(x)) if isinstance(x, list) else str(x)

@@ -21,6 +21,7 @@ from ._tree import PyTree, all_finite
 from .constraints import Constraint
 from .history import StepReport, vector_stats
 from .hypergrad import Failure, HypergradientMethod, OnlineMethod, hypergradient_result
+from .hypergrad._inputs import _reraise
 from .problem import BilevelProblem, initial_state, precision
 
 
@@ -35,6 +36,7 @@ class StepSpec:
     constraints: tuple[Constraint | None, ...]
     treedef: Any
     warm: bool  # restart each inner run from the last one's final state
+    restart_above: float | None = None  # online methods: the guard of HyperOptimizer(restart_above=...)
 
     @property
     def online(self) -> bool:
@@ -62,22 +64,46 @@ def hyper_step(spec: StepSpec, T, train_fn, u, opt_state, carry, iteration, key,
         )
         carry = res.state if spec.warm else carry
     (g_u,) = c_vjp(res.grads)
-    updates, opt_state = spec.tx.update(g_u, opt_state, u)
+    updates, new_opt_state = spec.tx.update(g_u, opt_state, u)
     new_u = spec.leafwise("project", optax.apply_updates(u, updates))
     values = res.value if isinstance(res.value, dict) else {"val": res.value}
-    update_failed = (res.failure == Failure.NONE) & ~all_finite(new_u)
+    grad_norm = optax.tree.norm(res.grads)
+    failure, restarted = res.failure, jnp.asarray(False)
+    if spec.online and spec.restart_above is not None:
+        # The guard: a derivative that blew up (non-finite, or above the bound) while training is fine changes
+        # nothing in λ, and the method forgets the derivative's past; the run goes on from the same weights.
+        blown = (failure == Failure.DERIVATIVE_NONFINITE) | (failure == Failure.HYPERGRADIENT_NONFINITE)
+        restarted = blown | ((failure == Failure.NONE) & ~(grad_norm <= spec.restart_above))
+        new_u, new_opt_state = _select(restarted, (u, opt_state), (new_u, new_opt_state))
+        carry = _select(restarted, spec.method.restart(carry), carry)
+        failure = jnp.where(restarted, jnp.int32(Failure.NONE), failure)
+    update_failed = (failure == Failure.NONE) & ~all_finite(new_u)
     report = StepReport(
         values=tuple(values[k] for k in spec.problem.objective_names),
         train_loss=res.train_losses[-1],
-        grad_norm=optax.tree.norm(res.grads),
+        grad_norm=grad_norm,
         grad_norms=tuple(jnp.linalg.norm(jnp.ravel(g)) for g in jax.tree_util.tree_leaves(res.grads)),
         hp=tuple(x if x.size == 1 else vector_stats(x) for x in jax.tree_util.tree_leaves(hp)),
-        metrics=tuple(fn(res.state.params, hp) for _, fn in spec.metrics),
-        failure=jnp.where(update_failed, jnp.int32(Failure.UPDATE_NONFINITE), res.failure),
+        metrics=tuple(_metric(name, fn, res.state.params, hp) for name, fn in spec.metrics),
+        failure=jnp.where(update_failed, jnp.int32(Failure.UPDATE_NONFINITE), failure),
         failed_at=res.failed_at,
         solve_residual=res.solve_residual,
+        restarted=restarted,
     )
-    return new_u, opt_state, carry, res.state, hp, report
+    return new_u, new_opt_state, carry, res.state, hp, report
+
+
+def _select(which: jax.Array, yes: PyTree, no: PyTree) -> PyTree:
+    """``yes`` where the scalar ``which`` is true, else ``no`` (leaf by leaf: PRNG keys included)."""
+    return jax.tree_util.tree_map(lambda a, b: _where(which[None], a[None], b[None])[0], yes, no)
+
+
+def _metric(name: str, fn: Callable, params, hp):
+    """``fn(params, hp)``, an error in it re-raised naming the metric (it happens while the step is traced)."""
+    try:
+        return jnp.asarray(fn(params, hp))
+    except Exception as e:
+        _reraise(e, f"metrics[{name!r}](params, hparams) failed: {type(e).__name__}: {e}")
 
 
 compiled_step = jax.jit(hyper_step, static_argnames=("spec", "T", "train_fn"))
@@ -125,7 +151,8 @@ def per_member(P: int | None, fn, in_axes=0):
 
 
 def templates(spec: StepSpec, P, T, train_fn, u0, keys, train_batch, val_data) -> dict:
-    """The pytree structures a checkpoint's leaves are put back into (they are not stored).
+    """The pytree structures a checkpoint's leaves are put back into (they are not stored), and the abstract
+    :class:`~hgkit.history.StepReport` of one hyper-iteration (``"report"``).
 
     Found by tracing the step on shapes alone, which also checks the data and the problem before anything runs.
     """
@@ -139,4 +166,5 @@ def templates(spec: StepSpec, P, T, train_fn, u0, keys, train_batch, val_data) -
         else:
             out = jax.eval_shape(functools.partial(population_step, spec, T, train_fn), *args, np.ones(P, bool))
     tree = jax.tree_util.tree_structure
-    return dict(u=spec.treedef, opt_state=tree(opt_state), carry=tree(carry), state=tree(out[3]), last_hp=spec.treedef)
+    trees = dict(u=spec.treedef, opt_state=tree(opt_state), carry=tree(carry), state=tree(out[3]), last_hp=spec.treedef)
+    return {**trees, "report": out[5]}  # the report's shapes: what the metrics return

@@ -7,8 +7,8 @@ dashboard read it back with :meth:`RunInfo.of`.
 
 Columns, in order: ``iteration``, ``member`` (populations only), ``inner_steps``, ``wall_time``, the objectives
 (``val_loss``, or ``val_loss.<name>`` per objective), ``train_loss``, ``grad_norm``, ``grad_norm.<hp>`` per
-hyperparameter, each scalar hyperparameter's value ``<hp>``, ``<hp>.<stat>`` for each vector (:data:`STATS`), and
-the metrics.
+hyperparameter, ``restarted`` (with the loop's ``restart_above`` guard: 1 where it restarted the derivative), each
+scalar hyperparameter's value ``<hp>``, ``<hp>.<stat>`` for each vector (:data:`STATS`), and the metrics.
 
 A callback is a function ``record -> bool | None`` (True stops the run) or an object with some of ``on_start(info)``,
 ``on_record(record)`` and ``on_end(result)``.
@@ -55,6 +55,7 @@ class StepReport(NamedTuple):
     failure: Any  # an int32 hg.Failure code (0: it went through)
     failed_at: Any  # int32: the inner step of the failure, or -1
     solve_residual: Any  # Implicit's residual, else None
+    restarted: Any = False  # bool: the loop's restart_above guard discarded this update and restarted the derivative
 
 
 def vector_stats(x) -> Any:
@@ -83,6 +84,7 @@ class RunInfo:
         log_scale: the hyperparameters whose scale is logarithmic (constrained with
             :func:`hgkit.constraints.log`, ``λ = exp u``): the plots and the dashboard draw them on a log axis
             (and, decided from the values, any positive one that spans more than a decade).
+        restarts: whether the run has the ``restarted`` column (``HyperOptimizer(..., restart_above=...)``).
     """
 
     hyperparameters: tuple[str, ...]
@@ -95,6 +97,7 @@ class RunInfo:
     matmul_precision: str | None = None
     population: int | None = None
     log_scale: tuple[str, ...] = ()
+    restarts: bool = False
 
     def __post_init__(self):
         for name in ("hyperparameters", "scalars", "vectors", "objectives", "metrics", "log_scale"):
@@ -125,7 +128,7 @@ class RunInfo:
         """The history's columns, in order (see the module docstring)."""
         member = ["member"] if self.population is not None else []
         cols = ["iteration", *member, "inner_steps", "wall_time", *self.objectives, "train_loss", "grad_norm"]
-        cols += [f"grad_norm.{n}" for n in self.hyperparameters]
+        cols += [f"grad_norm.{n}" for n in self.hyperparameters] + (["restarted"] if self.restarts else [])
         for n in self.hyperparameters:
             cols += self.value_columns(n)
         return cols + list(self.metrics)
@@ -141,6 +144,8 @@ class RunInfo:
         rec.update({c: float(v) for c, v in zip(self.objectives, row.values, strict=True)})
         rec.update(train_loss=float(row.train_loss), grad_norm=float(row.grad_norm))
         rec.update({f"grad_norm.{n}": float(g) for n, g in zip(self.hyperparameters, row.grad_norms, strict=True)})
+        if self.restarts:
+            rec["restarted"] = int(row.restarted)
         for n, v in zip(self.hyperparameters, row.hp, strict=True):
             rec.update(zip(self.value_columns(n), map(float, np.reshape(v, -1)), strict=True))
         rec.update({m: float(v) for m, v in zip(self.metrics, row.metrics, strict=True)})
@@ -161,6 +166,8 @@ class RunInfo:
             out["population"] = self.population
         if self.log_scale:
             out["log_scale"] = list(self.log_scale)
+        if self.restarts:
+            out["restarts"] = True
         return out
 
     def frame(self, records: Sequence[Mapping]):
@@ -186,7 +193,7 @@ class RunInfo:
         """The info a record or history with these columns was made from (for a callback that never got
         ``on_start``): a name with ``grad_norm.<name>`` is a hyperparameter, a vector if ``<name>.mean`` exists."""
         present = set(columns)
-        standard = {"iteration", "member", "inner_steps", "wall_time", "train_loss", "grad_norm"}
+        standard = {"iteration", "member", "inner_steps", "wall_time", "train_loss", "grad_norm", "restarted"}
         names = tuple(c[len("grad_norm.") :] for c in columns if c.startswith("grad_norm."))
         vectors = tuple(n for n in names if f"{n}.mean" in present)
         objectives = tuple(c for c in columns if c == "val_loss" or c.startswith("val_loss."))
@@ -199,6 +206,7 @@ class RunInfo:
             objectives=objectives,
             metrics=tuple(c for c in columns if c not in taken),
             population=None if "member" not in present else 0,
+            restarts="restarted" in present,
         )
 
 

@@ -49,8 +49,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import math
+import os
 import time
 import warnings
 from collections.abc import Mapping
@@ -62,14 +65,16 @@ import numpy as np
 import optax
 
 from . import constraints as C
-from ._checkpoint import load_checkpoint, save_checkpoint
-from ._checks import positive_int, require_positive_int
+from ._checkpoint import FILE as CHECKPOINT_FILE
+from ._checkpoint import check_writable, describe_state, load_checkpoint, save_checkpoint
+from ._checks import positive_int, real_number, require_positive_int
 from ._interrupt import DeferredInterrupt
 from ._loop_step import StepSpec, compiled_step, initial_carry, per_member, population_step, templates
 from ._tree import PyTree, member, path_name, path_names
 from .history import RunInfo, StepReport, as_callbacks, notify
 from .hparams import check_hparams
 from .hypergrad import DivergenceError, Failure, HypergradientMethod, OnlineMethod
+from .hypergrad._inputs import check_inputs
 from .hypergrad.entry import check_method
 from .hypergrad.failures import explain
 from .problem import BilevelProblem, precision
@@ -87,7 +92,8 @@ class HyperOptimizationResult(NamedTuple):
     history: pd.DataFrame  # one row per hyper-iteration (per chunk in real time); its RunInfo in .attrs
     snapshots: dict  # {iteration: {hp name: np.ndarray}}: the values used at those iterations
     state: Any  # the final TrainState of the last inner run
-    stopped: str | None  # None (ran to the end), "callback", "interrupted", or "diverged" (on the error's .result)
+    stopped: str | None  # None (ran to the end), "callback", "interrupted", or, on an exception's .result,
+    # "diverged" (HyperDivergenceError) or "error" (any other exception, a callback's included)
 
     def best_member(self, column: str | None = None) -> int:
         """In a population, the member whose last recorded ``column`` (the first objective by default) is lowest.
@@ -175,6 +181,15 @@ class HyperOptimizer:
         metrics: ``{name: fn(params, hparams) -> scalar}`` evaluated (compiled) at each iteration's trained weights.
         warm_restart: start each inner run from the previous run's final training state instead of ``init``
             (the initial weights' dependence on λ is then ignored). Not used by online methods (never restart).
+        restart_above: online methods only (``hg.RealTime``): a guard for a run at the edge of stability. Where
+            the training dynamics amplify perturbations (an effective step η/(1 − μ) too large for the curvature),
+            RTHO's tangent ``Z_t = A_t Z_{t-1} + B_t`` grows exponentially and its hypergradient with it, until it
+            is inf or NaN while the weights are still fine. With ``restart_above=c``, a chunk whose hypergradient
+            is non-finite or has norm above ``c`` changes nothing in λ (its update is discarded) and the method
+            forgets its derivative's past (:meth:`~hgkit.OnlineMethod.restart`: the tangents start again from
+            zero; the training run goes on); the history's ``restarted`` column is 1 there. ``math.inf`` restarts
+            on non-finite hypergradients only; ``None`` (default) raises :class:`HyperDivergenceError` as any
+            other failure. A failing training run (non-finite weights) still raises.
     """
 
     def __init__(
@@ -186,6 +201,7 @@ class HyperOptimizer:
         constraints: Mapping | None = None,
         metrics: Mapping | None = None,
         warm_restart: bool = False,
+        restart_above: float | None = None,
     ):
         if not isinstance(problem, BilevelProblem):
             raise TypeError(f"problem must be an hg.BilevelProblem, got {type(problem).__name__}")
@@ -202,7 +218,20 @@ class HyperOptimizer:
         if constraints is not None and not isinstance(constraints, Mapping):
             raise TypeError(f"constraints must be a mapping {{hp name: constraint}}; got {type(constraints).__name__}")
         self.problem, self.method, self.hyper_optimizer = problem, method, tx
+        if restart_above is not None:
+            if not isinstance(method, OnlineMethod):
+                raise ValueError(
+                    "restart_above is for online methods (hg.RealTime), which carry a derivative along one training "
+                    f"run; {method.label} restarts training at every hyper-iteration anyway"
+                )
+            if type(method).restart is OnlineMethod.restart:
+                raise ValueError(f"restart_above needs {type(method).__name__}.restart (see hg.OnlineMethod.restart)")
+            bound = math.inf if restart_above == math.inf else real_number(restart_above)
+            if bound is None or bound <= 0:
+                raise ValueError(f"restart_above must be a number > 0, or math.inf; got {restart_above!r}")
+            restart_above = bound
         self.constraints, self.metrics, self.warm_restart = constraints, dict(metrics), bool(warm_restart)
+        self.restart_above = restart_above
 
     def run(
         self,
@@ -246,6 +275,7 @@ class HyperOptimizer:
         )  # fmt: skip
         u0 = per_member(run.population, lambda h: run.spec.leafwise("free", h))(_strong(hparams))
         tmpl = templates(run.spec, run.population, T, run.train_fn, u0, run.keys, run.train_batch, val_data)
+        _check_metrics(run.spec.metrics, tmpl["report"].metrics, run.population)
         loaded = load_checkpoint(checkpoint_dir, run.fingerprint, tmpl)
         loop = _LoopState(**loaded) if loaded is not None else self._fresh(run, u0)
         notify(callbacks, "on_start", run.info)
@@ -276,6 +306,7 @@ class HyperOptimizer:
             constraints=C.per_leaf(self.constraints, template),
             treedef=jax.tree_util.tree_structure(hparams),
             warm=self.warm_restart and not isinstance(self.method, OnlineMethod),
+            restart_above=self.restart_above,
         )
         for p in range(P or 0):  # every member's starting values must be feasible
             try:
@@ -292,11 +323,18 @@ class HyperOptimizer:
             matmul_precision=self.problem.matmul_precision,
             population=P,
             log_scale=log_scale,  # constrained with log(): drawn on a log axis
+            restarts=self.restart_above is not None,
         )
-        leaves = [[n, list(np.shape(x)), str(x.dtype)] for n, x in info.named(hparams).items()]
+        state = check_inputs(self.problem, template, T, train_data, val_data, key)  # the abstract initial state
+        leaves = [[n, list(np.shape(x)), str(x.dtype)] for n, x in info.named(template).items()]
         fingerprint = dict(hparams=leaves, method=repr(self.method), T=T, warm_restart=spec.warm)
+        if self.restart_above is not None:
+            fingerprint["restart_above"] = self.restart_above
+        fingerprint.update(describe_state(state))  # the model: a checkpoint of another one is refused
         if P is not None:
             fingerprint["population"] = P
+        if checkpoint_dir is not None:
+            check_writable(checkpoint_dir)
         train_fn, train_batch = (train_data, None) if callable(train_data) else (None, train_data)
         keys = key if P is None or key is None else jax.random.split(key, P)
         return _Run(
@@ -337,13 +375,17 @@ class HyperOptimizer:
     # ----- iterate ---------------------------------------------------------------------------------------------
 
     def _iterate(self, run: _Run, loop: _LoopState, callbacks, progress: bool, resumed: bool):
-        """Hyper-iterations until the end, a stop or a Ctrl-C; saves as it goes. Returns (loop state, stopped)."""
+        """Hyper-iterations until the end, a stop or a Ctrl-C; saves as it goes. Returns (loop state, stopped).
+
+        Nothing completed is lost: any exception (a callback's, a divergence) saves a checkpoint of the completed
+        hyper-iterations and leaves with the run so far attached to the exception as ``.result``; a checkpoint
+        that cannot be written (a full or removed disk) is reported by a warning and the run goes on.
+        """
         start, stopped, since_save = time.perf_counter(), None, 0
+        disk = _Saves(run)
 
         def save(loop):
-            if run.checkpoint_dir is not None:
-                now = loop._replace(elapsed=loop.elapsed + time.perf_counter() - start)
-                save_checkpoint(run.checkpoint_dir, run.fingerprint, now._asdict())
+            disk.save(loop._replace(elapsed=loop.elapsed + time.perf_counter() - start))
 
         from tqdm.auto import tqdm  # here, not at the top: `import hgkit` stays light (only a run draws a bar)
 
@@ -369,11 +411,19 @@ class HyperOptimizer:
             save(loop)  # the last good state
             notify(callbacks, "on_end", error.result)  # a dashboard shows how the run ended, and its history
             raise
+        except Exception as error:
+            # A callback's (or any other) exception: keep what was done, then let the user's exception through
+            # unchanged, with the run so far on it, as HyperDivergenceError carries it.
+            save(loop)
+            error.result = _result(run, loop, "error")
+            with contextlib.suppress(Exception):  # the other callbacks hear the end; their errors must not hide it
+                notify(callbacks, "on_end", error.result)
+            raise
         finally:
             bar.close()
         if ctrl_c.pending and stopped is None:
             stopped = "interrupted"
-        if since_save or not resumed:
+        if since_save or (not resumed and disk.attempted != loop.next):  # what is not saved yet
             save(loop)
         return loop, stopped
 
@@ -416,6 +466,36 @@ class HyperOptimizer:
 # ----- finish, and the helpers of the three parts ---------------------------------------------------------------
 
 
+class _Saves:
+    """The run's checkpoint writes: a write that fails (a full or removed disk) is reported, never raised, so that
+    the run and its result go on; the warning names the checkpoint that could not be written and the last one
+    that was."""
+
+    def __init__(self, run: _Run):
+        self.run, self.last, self.attempted = run, None, None
+
+    def save(self, loop: _LoopState) -> None:
+        if self.run.checkpoint_dir is None:
+            return
+        self.attempted = loop.next
+        try:
+            save_checkpoint(self.run.checkpoint_dir, self.run.fingerprint, loop._asdict())
+            self.last = loop.next
+        except OSError as e:
+            path = os.path.join(os.fspath(self.run.checkpoint_dir), CHECKPOINT_FILE)
+            last = (
+                f"the last one written holds {self.last} hyper-iterations" if self.last is not None
+                else "none was written in this run"
+            )  # fmt: skip
+            warnings.warn(
+                f"could not write the checkpoint of hyper-iteration {loop.next} to {path} ({type(e).__name__}: "
+                f"{e.strerror or e}); {last}. The run goes on and its result is returned; free the disk to "
+                "checkpoint again.",
+                RuntimeWarning,
+                stacklevel=5,  # the caller of HyperOptimizer.run
+            )
+
+
 def _result(run: _Run, loop: _LoopState, stopped) -> HyperOptimizationResult:
     history = run.info.frame(loop.rows)
     if run.population is not None:
@@ -425,6 +505,18 @@ def _result(run: _Run, loop: _LoopState, stopped) -> HyperOptimizationResult:
         snapshots.setdefault(loop.next - 1, run.info.named(jax.device_get(loop.last_hp)))
     hparams = per_member(run.population, lambda u: run.spec.leafwise("value", u))(loop.u)
     return HyperOptimizationResult(hparams, history, snapshots, loop.state, stopped)
+
+
+def _check_metrics(metrics, shapes, population: int | None) -> None:
+    """Refuse, before anything runs, a metric that does not return a scalar (its shape is known from the compiled
+    step's trace, which the first hyper-iteration reuses)."""
+    for (name, _), out in zip(metrics, shapes, strict=True):
+        shape = tuple(out.shape)[0 if population is None else 1 :]
+        if shape != ():
+            raise ValueError(
+                f"metrics[{name!r}] must return a scalar (one number per hyper-iteration, a column of the history); "
+                f"it returns an array of shape {shape}. Reduce it (e.g. jnp.mean(...)), or make one metric per entry."
+            )
 
 
 def _strong(hparams: PyTree) -> PyTree:

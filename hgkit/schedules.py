@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ._checks import require_number
 from ._tree import PyTree
 
 __all__ = ["AdaptiveSGDState", "adaptive_sgd"]
@@ -59,12 +60,13 @@ def adaptive_sgd(beta: float, alpha: float) -> optax.GradientTransformation:
     hyperparameter). See the module docstring.
 
     Args:
-        beta: β_0, the starting hyper-learning rate (≥ 0).
-        alpha: α, the step of β's own hypergradient descent (≥ 0; 0 keeps β constant).
+        beta: β_0, the starting hyper-learning rate (finite, ≥ 0).
+        alpha: α, the step of β's own hypergradient descent (finite, ≥ 0; 0 keeps β constant).
+
+    Each is any real scalar: a Python or NumPy number, or a 0-d array.
     """
-    for name, value in (("beta", beta), ("alpha", alpha)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-            raise ValueError(f"adaptive_sgd({name}=...) must be a number >= 0; got {value!r}")
+    beta = require_number("adaptive_sgd(beta=...)", beta, low=0.0)
+    alpha = require_number("adaptive_sgd(alpha=...)", alpha, low=0.0)
 
     def init(params):
         return AdaptiveSGDState(

@@ -9,6 +9,8 @@ derivative of the validation loss.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -328,3 +330,67 @@ def test_bad_settings_are_refused():
         with pytest.raises(ValueError, match="adaptive_sgd"):
             hg.schedules.adaptive_sgd(**kwargs)
     assert hg.RealTime(5, discount=0.5).label == "RTHO, discount μ = 0.5 (Δ = 5)"
+
+
+# ----- the loop's guard for a run at the edge of stability ---------------------------------------------------------
+
+# Gradient descent on −Σcos(w) with η = 4.5 is chaotic: the weights stay bounded, the tangent dw/dη grows
+# exponentially (float32 here, so that it overflows within a few chunks, as RTHO's did on the real-time experiment).
+CHAOS = hg.BilevelProblem(
+    init=lambda hp, key: jnp.asarray([0.3, -1.1], jnp.float32),
+    train_loss=lambda w, hp, b: -jnp.sum(jnp.cos(w)),
+    val_loss=lambda w, hp, b: -jnp.sum(jnp.cos(w - 0.1)),
+    optimizer=hg.optim.sgd("lr"),
+)
+CHAOS_HP = {"lr": jnp.asarray(4.5, jnp.float32)}
+
+
+def chaos_run(restart_above, hyper_iterations=8, delta=20):
+    opt = hg.HyperOptimizer(CHAOS, method=hg.RealTime(delta=delta), hyper_optimizer=optax.adam(1e-3),
+                            restart_above=restart_above)  # fmt: skip
+    return opt.run(CHAOS_HP, None, hyper_iterations * delta, None, None, progress=False)
+
+
+def test_restart_above_keeps_a_blown_up_run_going_and_reports_it():
+    with pytest.raises(hg.HyperDivergenceError, match="derivative propagated through it went non-finite") as e:
+        chaos_run(None)
+    failed_at = e.value.iteration
+    guarded = chaos_run(math.inf)  # restarts on non-finite hypergradients only
+    h = guarded.history
+    assert 0 < failed_at < 8 and len(h) == 8 and guarded.stopped is None
+    # Until the failure the guarded run is the unguarded one, bit for bit; the chunk that failed is restarted.
+    before = e.value.result.history
+    assert list(h.grad_norm[:failed_at]) == list(before.grad_norm) and list(h.restarted[:failed_at]) == [0] * failed_at
+    assert h.restarted[failed_at] == 1 and not np.isfinite(h.grad_norm[failed_at])
+    # A restarted chunk changes nothing in λ: the next chunk runs with the same value.
+    for i in np.flatnonzero(h.restarted.to_numpy()[:-1]):
+        assert h.lr[i + 1] == h.lr[i]
+    assert np.isfinite(h.lr).all() and h.attrs["restarts"] is True
+
+
+def test_restart_above_restarts_the_tangent_from_zero():
+    """A finite bound: the chunks whose hypergradient norm exceeds it are restarted; the chunk after a restart
+    reads out what RealTime gives from the same weights with zero tangents (RealTime.restart)."""
+    bound = 50.0
+    h = chaos_run(bound, hyper_iterations=4, delta=3).history
+    assert (h.restarted == (h.grad_norm > bound)).all() and h.restarted.any()
+    i = int(np.flatnonzero(h.restarted.to_numpy())[0])
+    rt = hg.RealTime(delta=3)
+    carry = rt.init(CHAOS, CHAOS_HP)
+    for j in range(i + 1):
+        carry, res = rt.step(CHAOS, carry, {"lr": jnp.asarray(h.lr[j], jnp.float32)}, None, None)
+    # (approx: eager steps round differently from the loop's compiled one, and chaos amplifies that)
+    assert float(optax.tree.norm(res.grads)) == pytest.approx(h.grad_norm[i], rel=1e-5)
+    restarted = rt.restart(carry)
+    assert all(float(jnp.abs(z).max()) == 0 for z in jax.tree_util.tree_leaves(restarted.forward.tangents))
+    assert int(restarted.forward.step) == int(carry.forward.step)
+    _, res = rt.step(CHAOS, restarted, {"lr": jnp.asarray(h.lr[i + 1], jnp.float32)}, None, None)
+    assert float(optax.tree.norm(res.grads)) == pytest.approx(h.grad_norm[i + 1], rel=1e-4)
+
+
+def test_restart_above_is_for_online_methods_with_a_restart():
+    with pytest.raises(ValueError, match="restart_above is for online methods"):
+        hg.HyperOptimizer(CHAOS, method=hg.Reverse(), restart_above=10.0)
+    for bad in (0.0, -1.0, float("nan"), "big"):
+        with pytest.raises(ValueError, match="restart_above must be a number > 0"):
+            hg.HyperOptimizer(CHAOS, method=hg.RealTime(delta=2), restart_above=bad)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import require_positive_int
-from .._tree import PyTree, is_float, join_model, tree_map
+from .._tree import PyTree, is_float, join_model, path_name, tree_map
 from ..hparams import MissingHyperparameterError, check_hparams
 from ..problem import BilevelProblem, TrainState, initial_state, objective_index, train_step
 
@@ -46,6 +46,45 @@ def _reraise(e: Exception, message: str):
     except Exception:
         new = TypeError(message)
     raise new from e
+
+
+def _few(names: list[str], shown: int = 3) -> str:
+    """At most ``shown`` names, then how many more."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _are(names: list[str], what) -> str:
+    """``a is float32`` or ``a, b are float32``."""
+    return f"{_few(names)} {'is' if len(names) == 1 else 'are'} {what}"
+
+
+def _changed_structure(state: TrainState, new_state: TrainState, hparams: PyTree) -> str:
+    """Why a training step changed the state's structure, shapes or dtypes, in a few lines: the float dtypes of
+    the parameters and the hyperparameters, with the two fixes, when a dtype changed because those differ; else
+    which leaves changed."""
+    message = "a training step must keep the state's structure, shapes and dtypes (the library never casts)"
+    if jax.tree_util.tree_structure(state) != jax.tree_util.tree_structure(new_state):
+        return f"{message}; it went from {_structure(state)} to {_structure(new_state)}"
+    pairs = zip(jax.tree_util.tree_leaves_with_path(state), jax.tree_util.tree_leaves(new_state), strict=True)
+    changed = [(jax.tree_util.keystr(p).lstrip("."), a, b) for (p, a), b in pairs if _structure(a) != _structure(b)]
+    leaves = jax.tree_util.tree_leaves_with_path(state.arrays)
+    params = [(f"params{jax.tree_util.keystr(p)}", x.dtype) for p, x in leaves if is_float(x)]
+    hp = [(repr(path_name(p)), x.dtype) for p, x in jax.tree_util.tree_leaves_with_path(hparams) if is_float(x)]
+    wide = [(name, dtype) for name, dtype in hp if dtype not in {dtype for _, dtype in params}]
+    if params and wide and any(a.dtype != b.dtype for _, a, b in changed):
+        narrow, broad = params[0][1], wide[0][1]
+        these = [name for name, dtype in params if dtype == narrow]
+        given = [name for name, dtype in wide if dtype == broad]
+        return (
+            f"{message}, but params and hparams have different float dtypes: {_are(these, narrow)}; hparams "
+            f"{_are(given, broad)}.\nCast the hyperparameters, jax.tree.map(lambda x: x.astype(jnp.{narrow}), "
+            f"hparams), or build the parameters in {broad} (dtype=jnp.{broad} in Equinox layers, "
+            f"param_dtype=jnp.{broad} in Flax)."
+        )
+    return (
+        f"{message}; it changed {_few([f'{name} from {_structure(a)} to {_structure(b)}' for name, a, b in changed])}"
+    )
 
 
 def check_inputs(
@@ -101,11 +140,7 @@ def check_inputs(
         "the training step (optimizer.update)", lambda s, h, b: train_step(problem, s, h, b, 0), state, hp, batch
     )
     if _structure(new_state) != _structure(state):
-        raise TypeError(
-            "a training step must keep the state's structure, shapes and dtypes (the library never casts); "
-            f"it went from {_structure(state)} to {_structure(new_state)}. "
-            "Are hparams and params of different float dtypes?"
-        )
+        raise TypeError(_changed_structure(state, new_state, hp))
 
     names = problem.objective_names
     if isinstance(problem.val_loss, Mapping):

@@ -146,6 +146,12 @@ class OnlineMethod(HypergradientMethod):
         start of the training run.
         """
 
+    def restart(self, carry: PyTree) -> PyTree:
+        """The carry with the past of its derivative forgotten and the training run kept (optional): what the
+        loop does to an online run whose hypergradient blew up (``HyperOptimizer(..., restart_above=...)``).
+        :class:`~hgkit.RealTime` sets its tangents back to zero."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restart its derivative (OnlineMethod.restart)")
+
     def run(self, problem, hparams, T, train_data, val_data, *, key=None, init_state=None) -> HypergradientResult:
         """T/Δ steps under fixed ``hparams``; the result of the last, with every step's training losses."""
         require_positive_int("T", T, "the number of training steps")

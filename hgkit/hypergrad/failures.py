@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._tree import PyTree, all_finite, member, scalar_summary
+from .._checks import require_positive_int
+from .._tree import PyTree, all_finite, member, path_names, scalar_summary
 
 __all__ = ["DivergenceError", "Failure", "classify", "explain", "raise_if_diverged"]
 
@@ -144,19 +145,41 @@ def _has_zero(tree) -> bool:
 def raise_if_diverged(result, T: int, hparams: PyTree, where: str = "") -> None:
     """Raise :class:`DivergenceError` if ``result`` (a :class:`~hgkit.HypergradientResult`) reports a failure.
 
-    Runs on the host. Works on a vmapped result too (a population): the first failing member is named.
+    Runs on the host. Works on a vmapped result too (a population: a leading axis P on every leaf): the first
+    failing member p is named, with its hyperparameters.
+
+    Args:
+        result: the result, or a population's.
+        T: the inner steps it was computed with (``result.train_losses.shape[-1]``; for the result of one ``step``
+            of an online method, its ``delta``).
+        hparams: the hyperparameters it was computed with (the structure of ``result.grads``); for a population,
+            every member's (a leading axis P) or one set shared by all.
+
+    Raises:
+        ValueError: ``T`` or ``hparams`` does not match the result.
     """
+    batch = np.shape(result.failure)  # () for one result, (P,) for a population
+    shared = _check_matches(result, T, hparams, batch)
     codes = np.asarray(result.failure).reshape(-1)
     if not codes.any():
         return
     steps = np.asarray(result.failed_at).reshape(-1)
     residuals = None if result.solve_residual is None else np.asarray(result.solve_residual).reshape(-1)
     p = int(np.flatnonzero(codes)[0])
-    population = codes.size > 1 or np.ndim(result.failure) > 0
     failure, step = Failure(int(codes[p])), int(steps[p])
     state, hp = jax.device_get(result.state), jax.device_get(hparams)
-    if population:
-        state, hp = member(state, p), member(hp, p)
+    who = where
+    if batch:
+        index = np.unravel_index(p, batch)
+        state = member(state, index)
+        leaves, treedef = jax.tree_util.tree_flatten(hp)
+        hp = treedef.unflatten([x if s else x[index] for x, s in zip(leaves, shared, strict=True)])
+        who += f"population member {p if len(batch) == 1 else tuple(int(i) for i in index)}"
+        names = [name for name, s in zip(path_names(hparams), shared, strict=True) if s]
+        if names:
+            who += f" (hparams {', '.join(names)} {'has' if len(names) == 1 else 'have'} no population axis, so "
+            who += f"{'it is' if len(names) == 1 else 'they are'} shown as given)"
+        who += ": "
     message = explain(
         failure,
         step if step >= 0 else None,
@@ -165,5 +188,36 @@ def raise_if_diverged(result, T: int, hparams: PyTree, where: str = "") -> None:
         residual=None if residuals is None else float(residuals[p]),
         state=state,
     )
-    who = where + (f"population member {p}: " if population else "")
     raise DivergenceError(who + message, step if step >= 0 else None, failure)
+
+
+def _check_matches(result, T, hparams: PyTree, batch: tuple) -> list[bool]:
+    """Refuse a ``T`` or ``hparams`` that ``result`` was not computed with (from shapes alone). Returns, per leaf
+    of ``hparams``, whether a population's members share it (it has no population axis)."""
+    require_positive_int("T", T, "the inner steps of the result")
+    losses = np.shape(result.train_losses)
+    if losses[len(batch) :] != (T,):
+        per = " per member" if batch else ""
+        known = f", T = {losses[-1]}" if len(losses) == len(batch) + 1 else ""
+        raise ValueError(
+            f"raise_if_diverged: T = {T}, but result.train_losses has shape {losses}, one loss per inner step{per}: "
+            f"pass the T the result was computed with{known} (for one step of an online method, its delta)"
+        )
+    names = path_names(hparams)
+    if jax.tree_util.tree_structure(hparams) != jax.tree_util.tree_structure(result.grads):
+        raise ValueError(
+            f"raise_if_diverged: hparams has {', '.join(names)}, but the result was computed with (its grads have) "
+            f"{', '.join(path_names(result.grads))}: pass the hyperparameters it was computed with"
+        )
+    shared = []
+    leaves = zip(names, jax.tree_util.tree_leaves(hparams), jax.tree_util.tree_leaves(result.grads), strict=True)
+    for name, h, g in leaves:
+        h, g = np.shape(h), np.shape(g)
+        if h != g and h != g[len(batch) :]:
+            wanted = f"{g} (a row per member of the population) or {g[len(batch) :]} (shared)" if batch else f"{g}"
+            raise ValueError(
+                f"raise_if_diverged: hparams {name!r} has shape {h}, but the result was computed with shape {wanted}: "
+                "pass the hyperparameters it was computed with"
+            )
+        shared.append(bool(batch) and h != g)
+    return shared

@@ -65,15 +65,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import require_positive_int
-from .._tree import PyTree, tree_size
+from .._checks import require_number, require_positive_int
+from .._tree import PyTree, path_names, tree_size
 from ..problem import BilevelProblem, TrainState, batch_at, objective_index
 from ._inputs import check_inputs
 from .base import HypergradientResult, OnlineMethod, result
@@ -93,12 +92,40 @@ from .forward import (
 ADAPT = "adapt"
 
 
+@dataclasses.dataclass(frozen=True)
+class HparamsLayout:
+    """The names, shapes and structure of the hyperparameters a carry was made for: static, a pytree node without
+    children, so jit, vmap, scan and checkpoints carry no array for it."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    treedef: Any
+
+    @classmethod
+    def of(cls, hparams: PyTree) -> HparamsLayout:
+        leaves, treedef = jax.tree_util.tree_flatten(hparams)
+        return cls(tuple(path_names(hparams)), tuple(np.shape(x) for x in leaves), treedef)
+
+    def difference(self, given: HparamsLayout) -> str:
+        """How ``given`` (step's) differs from these (init's), in words."""
+        if self.names != given.names:
+            return f"init was given {', '.join(self.names)}; step got {', '.join(given.names)}"
+        pairs = zip(self.names, self.shapes, given.shapes, strict=True)
+        shapes = [f"{name} has shape {a} at init, {b} at step" for name, a, b in pairs if a != b]
+        return "; ".join(shapes) or f"init was given the structure {self.treedef}; step got {given.treedef}"
+
+
+jax.tree_util.register_pytree_node(HparamsLayout, lambda layout: ((), layout), lambda layout, _: layout)
+
+
 class RealTimeState(NamedTuple):
-    """What a real-time run carries from chunk to chunk: forward mode's carry, and the discount per direction."""
+    """What a real-time run carries from chunk to chunk: forward mode's carry, the discount per direction, and
+    (static) which hyperparameters it was made for."""
 
     forward: TangentState  # s_t, Z_t, the inner steps done so far, and where they diverged
     discount: jax.Array  # (m,): μ of each direction, used by every step of the next chunk
     count: jax.Array  # (m,): MARTHE's c of each direction (zeros unless discount="adapt")
+    hparams_layout: HparamsLayout  # the names and shapes of init's hyperparameters: step must get the same
 
 
 def adapt_discount(discount, count, hypergradient, b):
@@ -145,14 +172,10 @@ class RealTime(OnlineMethod):
     def __post_init__(self):
         require_positive_int("RealTime(delta=...)", self.delta, "inner steps between hypergradients")
         require_positive_int("RealTime(max_directions=...)", self.max_directions, "a limit", optional=True)
-        mu = self.discount
-        if isinstance(mu, str):
-            if mu != ADAPT:
-                raise ValueError(f'RealTime(discount=...) must be a number in [0, 1] or "adapt"; got {mu!r}')
-        elif isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not 0 <= mu <= 1:
-            raise ValueError(f'RealTime(discount=...) must be a number in [0, 1] or "adapt"; got {mu!r}')
-        else:
-            object.__setattr__(self, "discount", float(mu))  # a static float: 1.0 and 0.0 take their fast paths
+        if not (isinstance(self.discount, str) and self.discount == ADAPT):
+            allowed = 'a number in [0, 1] or "adapt"'
+            mu = require_number("RealTime(discount=...)", self.discount, 0.0, 1.0, allowed)
+            object.__setattr__(self, "discount", mu)  # a static float: 1.0 and 0.0 take their fast paths
 
     @property
     def adaptive(self) -> bool:
@@ -170,6 +193,14 @@ class RealTime(OnlineMethod):
             return f"RTHO {where}"
         return f"RTHO, discount μ = {self.discount:g} {where}"
 
+    def restart(self, carry: RealTimeState) -> RealTimeState:
+        """The carry with its tangents back to zero (and their failure forgotten): the derivative starts again from
+        here, as ``init(..., init_state=s_t)`` would start it; the weights, the step count, μ and MARTHE's c go on.
+        What the loop's ``restart_above`` guard does to a run whose tangent blew up."""
+        forward = carry.forward
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, forward.tangents)
+        return carry._replace(forward=forward._replace(tangents=zeros, grad_diverged_at=jnp.int32(-1)))
+
     def init(
         self, problem: BilevelProblem, hparams: PyTree, *, key: Any = None, init_state: TrainState | None = None
     ) -> RealTimeState:
@@ -179,12 +210,23 @@ class RealTime(OnlineMethod):
         m = tree_size(hparams)
         dtype = jnp.result_type(*jax.tree_util.tree_leaves(hparams))
         mu0 = 0.0 if self.adaptive else self.discount
-        return RealTimeState(forward, discount=jnp.full((m,), mu0, dtype), count=jnp.zeros((m,), dtype))
+        mu = jnp.full((m,), mu0, dtype)
+        return RealTimeState(forward, mu, jnp.zeros((m,), dtype), HparamsLayout.of(hparams))
 
     def step(
         self, problem: BilevelProblem, carry: RealTimeState, hparams: PyTree, train_data: Any, val_data: PyTree
     ) -> tuple[RealTimeState, HypergradientResult]:
-        """Δ more inner steps under ``hparams``; returns the new carry and the hypergradient at its end."""
+        """Δ more inner steps under ``hparams``; returns the new carry and the hypergradient at its end.
+
+        ``hparams`` may have new values, not new names or shapes: the carry holds one tangent per hyperparameter
+        that ``init`` was given."""
+        given = HparamsLayout.of(hparams)
+        if given != carry.hparams_layout:
+            raise ValueError(
+                "RealTime.step: the carry was made by init for other hyperparameters than step got: "
+                f"{carry.hparams_layout.difference(given)}. The carry holds one tangent per hyperparameter init was "
+                "given: pass step those, or start a new carry with init(problem, hparams)."
+            )
         abstract_state = check_inputs(problem, hparams, self.delta, train_data, val_data, None, carry.forward.state)
         check_directions(hparams, abstract_state, self.max_directions, "RealTime")
         basis = directions(hparams)
@@ -208,4 +250,4 @@ class RealTime(OnlineMethod):
         delta = flat_per_direction(res.grads).astype(b.dtype)
         discount, count = adapt_discount(carry.discount, carry.count, delta, b)
         dtype = carry.discount.dtype
-        return RealTimeState(forward, discount.astype(dtype), count.astype(dtype)), res
+        return RealTimeState(forward, discount.astype(dtype), count.astype(dtype), carry.hparams_layout), res

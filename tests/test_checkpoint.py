@@ -76,8 +76,8 @@ def mlp_problem(width: int, dtype=jnp.float32):
 
     def init(hp, key):
         k1, k2 = jax.random.split(jax.random.key(0))
-        return {"W1": 0.3 * jax.random.normal(k1, (5, width), dtype), "W2": 0.3 * jax.random.normal(k2, (width, 2), dtype),
-                "act": jnp.tanh}  # fmt: skip
+        w1, w2 = jax.random.normal(k1, (5, width), dtype), jax.random.normal(k2, (width, 2), dtype)
+        return {"W1": 0.3 * w1, "W2": 0.3 * w2, "act": jnp.tanh}
 
     def loss(w, hp, b):
         return jnp.mean((w["act"](b[0] @ w["W1"]) @ w["W2"] - b[1]) ** 2) + hp["wd"] * jnp.sum(w["W1"] ** 2)

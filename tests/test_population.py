@@ -140,7 +140,8 @@ def test_interrupt_and_resume_a_population_with_a_dropped_member(tmp_path):
     assert resumed.history.attrs["dropped"] == full.history.attrs["dropped"]
     for name in STARTS:
         np.testing.assert_array_equal(resumed.hparams[name], full.hparams[name])
-    with pytest.raises(ValueError, match="saved by another run"):  # a single run cannot resume a population's checkpoint
+    # A single run cannot resume a population's checkpoint.
+    with pytest.raises(ValueError, match="saved by another run"):
         opt.run(member(BLOWS_UP, 0), 6, T, TRAIN, VAL, key=KEY, progress=False, checkpoint_dir=tmp_path)
 
 

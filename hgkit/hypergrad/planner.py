@@ -1,8 +1,9 @@
 """Reverse mode's memory: what it is, what a problem's reverse mode needs, and the fastest store that fits a budget.
 
-**Memory** is one thing throughout hgkit (:func:`~hgkit.hypergrad.planner.program_bytes`): a compiled program's own buffers as XLA
-assigns them, temporaries plus outputs; the arguments (hyperparameters, data) are left out, since the caller
-holds them whatever the method. The planner predicts it, the cost experiment and the classroom measure it.
+**Memory** is one thing throughout hgkit (:func:`~hgkit.hypergrad.planner.program_bytes`): a compiled program's
+own buffers as XLA assigns them, temporaries plus outputs; the arguments (hyperparameters, data) are left out,
+since the caller holds them whatever the method. The planner predicts it, the cost experiment and the classroom
+measure it.
 
 **Planning happens on the host**, once, before anything is traced: :meth:`hg.Reverse.within(budget, ...)
 <hgkit.Reverse.within>` measures the problem and returns an ordinary :class:`~hgkit.Reverse` whose ``store`` is
@@ -75,9 +76,9 @@ def program_bytes(compiled) -> int:
 class Plan:
     """What a :class:`~hgkit.Reverse` keeps, the memory it is predicted to take and its recomputation.
 
-    ``predicted_bytes`` is the hypergradient program's memory (:func:`~hgkit.hypergrad.planner.program_bytes`: temporaries plus outputs),
-    rounded up by the margin; ``recompute_factor`` the training steps it evaluates per step of the run (1.0:
-    none recomputed); ``budget`` the budget asked for, if any.
+    ``predicted_bytes`` is the hypergradient program's memory (:func:`~hgkit.hypergrad.planner.program_bytes`:
+    temporaries plus outputs), rounded up by the margin; ``recompute_factor`` the training steps it evaluates per
+    step of the run (1.0: none recomputed); ``budget`` the budget asked for, if any.
     """
 
     store: Store
@@ -228,9 +229,11 @@ def plan(
     key: Any = None, init_state: TrainState | None = None,
 ) -> Plan:  # fmt: skip
     """What ``method`` (a :class:`~hgkit.Reverse`) keeps over T steps, the memory it is predicted to take
-    (:func:`~hgkit.hypergrad.planner.program_bytes` of its hypergradient program) and the training steps it evaluates per step.
+    (:func:`~hgkit.hypergrad.planner.program_bytes` of its hypergradient program) and the training steps it
+    evaluates per step.
 
-    On the host, outside ``jit``: compiles the hypergradient over 8 steps once (:func:`~hgkit.hypergrad.planner.measure`).
+    On the host, outside ``jit``: compiles the hypergradient over 8 steps once
+    (:func:`~hgkit.hypergrad.planner.measure`).
 
     Example:
         >>> import jax.numpy as jnp, hgkit as hg

@@ -1,8 +1,14 @@
 """The command line: ``hgkit reproduce NAME`` runs one of the paper's experiments and writes its report.
 
 This module owns the arguments and how they choose and change an experiment's config (``--smoke``, ``--full``,
-``--seeds``, ``--set FIELD=VALUE``); running and reporting are the experiment module's ``run`` and
-``write_report`` (see :mod:`hgkit.experiments`).
+``--seeds``, ``--set FIELD=VALUE``), and the exit status; running and reporting are the experiment module's ``run``
+and ``write_report`` (see :mod:`hgkit.experiments`).
+
+Nothing computed is lost to a failure: a method that raises on one seed is recorded (``Results.failures``) while
+the other methods and seeds go on, the report is written with the rows there are and a section "Failures", and
+then the command prints one line per failure (seed, method, error, message) and exits with status 1
+(``--traceback`` adds the tracebacks). An error outside the methods (loading the data, writing the report) is
+printed the same way, also with status 1.
 
 Examples::
 
@@ -30,6 +36,7 @@ import argparse
 import dataclasses
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from . import experiments
@@ -56,11 +63,13 @@ def _parser() -> argparse.ArgumentParser:
         help="override a field of the config, e.g. --set T=500 --set budgets=1000,2500 (repeatable)",
     )
     rep.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep.add_argument("--traceback", action="store_true", help="print the traceback of each failure")
     return parser
 
 
 def _override(config, assignment: str):
-    """``config`` with one field replaced from ``FIELD=VALUE`` (the value parsed as the field's current type)."""
+    """``config`` with one field replaced from ``FIELD=VALUE`` (the value parsed as the field's current type;
+    ``none`` for None)."""
     name, sep, text = assignment.partition("=")
     fields = {f.name for f in dataclasses.fields(config)}
     if not sep or name not in fields:
@@ -68,6 +77,8 @@ def _override(config, assignment: str):
     current = getattr(config, name)
 
     def parse(kind, raw):
+        if raw.lower() == "none":  # an optional setting turned off (e.g. --set restart_above=none)
+            return None
         if kind is bool:
             if raw.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(f"--set {name}: expected true or false, got {raw!r}")
@@ -118,11 +129,34 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("results") / args.experiment
     print(f"{module.TITLE}\n{config}\n", flush=True)
     start = time.perf_counter()
-    results = module.run(config, progress=not args.no_progress)
-    paths = module.write_report(results, out)
-    print(results.summary())
+    try:
+        results = module.run(config, progress=not args.no_progress)
+    except Exception as error:
+        return _failed(args, [], error, "before any result")
+    failures = list(results.failures)
+    try:
+        paths = module.write_report(results, out)
+        print(results.summary())
+    except Exception as error:
+        return _failed(args, failures, error, "while writing the report")
     print(f"\n{time.perf_counter() - start:.0f} s; wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    return _failed(args, failures) if failures else 0
+
+
+def _failed(args, failures: list, error: Exception | None = None, when: str = "") -> int:
+    """Say on stderr what failed, one line each (with ``--traceback``, each line after its traceback); status 1."""
+    print(f"\nhgkit reproduce {args.experiment}: {len(failures) + (error is not None)} failed", file=sys.stderr)
+    for failure in failures:
+        if args.traceback:
+            print(failure.traceback, file=sys.stderr)
+        print(f"  {failure.line()}", file=sys.stderr)
+    if error is not None:
+        if args.traceback:
+            traceback.print_exception(error, file=sys.stderr)
+        print(f"  {when}: {type(error).__name__}: {' '.join(str(error).split())}", file=sys.stderr)
+    if not args.traceback:
+        print("(--traceback shows where)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

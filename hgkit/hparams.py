@@ -113,3 +113,12 @@ def check_hparams(hparams: Any) -> None:
                 f"{where} has dtype {leaf.dtype}; hyperparameters must be floating point "
                 "(float32 or float64) to be differentiated"
             )
+        stored = jax.dtypes.canonicalize_dtype(leaf.dtype)
+        if isinstance(leaf, np.ndarray | np.generic) and stored != leaf.dtype:
+            # JAX would truncate it (float64 without jax_enable_x64) with a warning pointing inside hgkit; the
+            # library never casts, so say it here, where the value comes in.
+            raise TypeError(
+                f"{where} is a NumPy {leaf.dtype} value, which JAX stores as {stored} unless "
+                "float64 is enabled; hgkit does not cast: pass jnp.asarray(value, jnp.float32), or enable float64 "
+                'first with jax.config.update("jax_enable_x64", True)'
+            )

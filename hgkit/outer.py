@@ -85,6 +85,15 @@ if TYPE_CHECKING:  # pandas is imported by the first history made (RunInfo.frame
 __all__ = ["HyperDivergenceError", "HyperOptimizationResult", "HyperOptimizer"]
 
 
+_ENDINGS = {
+    None: "ran to the end",
+    "callback": "stopped by a callback",
+    "interrupted": "interrupted",
+    "diverged": "diverged",
+    "error": "ended by an exception",
+}
+
+
 class HyperOptimizationResult(NamedTuple):
     """What :meth:`HyperOptimizer.run` returns (see the module docstring of the loop's contract)."""
 
@@ -94,6 +103,40 @@ class HyperOptimizationResult(NamedTuple):
     state: Any  # the final TrainState of the last inner run
     stopped: str | None  # None (ran to the end), "callback", "interrupted", or, on an exception's .result,
     # "diverged" (HyperDivergenceError) or "error" (any other exception, a callback's included)
+
+    def summary(self) -> str:
+        """A few lines to read: how the run ended, its hyper-iterations, the tuned hyperparameters as plain numbers
+        (a vector by its shape, mean and range), and the first, best and last validation loss."""
+        info = RunInfo.of(self.history)
+        objective = info.objectives[0]
+        n = len(self.history) if "member" not in self.history else self.history.iteration.nunique()
+        total = f" of {info.hyper_iterations}" if info.hyper_iterations else ""
+        ended = _ENDINGS.get(self.stopped, str(self.stopped))
+        lines = [f"{info.method or 'hyperparameter optimization'}: {n}{total} hyper-iterations, {ended}"]
+        lines += [f"  {name} = {value}" for name, value in _numbers(info, self.hparams).items()]
+        if len(self.history):
+            loss = self.history[objective]
+            lines.append(f"  {objective}: first {loss.iloc[0]:.6g}, best {loss.min():.6g}, last {loss.iloc[-1]:.6g}")
+        lines.append("  (result.history: every hyper-iteration, as a DataFrame)")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"HyperOptimizationResult(\n{self.summary()}\n)"
+
+    def _repr_html_(self) -> str:
+        """How a notebook shows the result: the summary as a small table, not the model's repr."""
+        import html
+
+        head, *rows = self.summary().splitlines()
+        cells = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(k.strip())}</td><td style='text-align:left'>"
+            f"{html.escape(v.strip())}</td></tr>"
+            for k, _, v in (r.partition("=") if "=" in r else r.partition(":") for r in rows[:-1])
+        )
+        return (
+            f"<div class='hgkit-result'><b>{html.escape(head)}</b><table>{cells}</table>"
+            f"<i>{html.escape(rows[-1].strip())}</i></div>"
+        )
 
     def best_member(self, column: str | None = None) -> int:
         """In a population, the member whose last recorded ``column`` (the first objective by default) is lowest.
@@ -517,6 +560,21 @@ def _check_metrics(metrics, shapes, population: int | None) -> None:
                 f"metrics[{name!r}] must return a scalar (one number per hyper-iteration, a column of the history); "
                 f"it returns an array of shape {shape}. Reduce it (e.g. jnp.mean(...)), or make one metric per entry."
             )
+
+
+def _numbers(info: RunInfo, hparams: PyTree) -> dict[str, str]:
+    """Each hyperparameter as text of plain numbers: a scalar as ``0.0123``, a population's or a vector's values
+    by their shape, mean and range."""
+    out = {}
+    for name, x in info.named(hparams).items():
+        x = np.asarray(x, dtype=float)
+        if x.size == 1:
+            out[name] = f"{x.item():.6g}"
+        elif x.size <= 4:
+            out[name] = "[" + ", ".join(f"{v:.6g}" for v in x.ravel()) + "]"
+        else:
+            out[name] = f"shape {x.shape}, mean {x.mean():.6g}, min {x.min():.6g}, max {x.max():.6g}"
+    return out
 
 
 def _strong(hparams: PyTree) -> PyTree:

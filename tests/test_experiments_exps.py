@@ -160,3 +160,73 @@ def test_task_interactions_table_and_report(interaction_results, tmp_path):
     assert ((table["test_accuracy"] > 0.5) & (table["test_task_accuracy"] > 0.9)).all()
     _report_files(task_interactions, interaction_results, tmp_path)
     assert "strongest pairs" in interaction_results.summary()
+
+
+# ----- a method that fails: its seed's other rows, the report and the exit status --------------------------------
+
+
+def _reproduce(module, monkeypatch, args):
+    """``hgkit reproduce`` through its entry point; the exit status and the Results it wrote (captured)."""
+    from hgkit import cli
+
+    runs, run = [], module.run
+    monkeypatch.setattr(module, "run", lambda config, **kwargs: runs.append(run(config, **kwargs)) or runs[-1])
+    status = cli.main(["reproduce", module.NAME, "--smoke", "--no-progress", *args])
+    [results] = runs
+    return status, results
+
+
+def _failure_report(out_dir, name, seed, method, error):
+    """The report's failure files say what failed; returns the Markdown."""
+    markdown = (out_dir / f"{name}.md").read_text()
+    assert "**Incomplete: 1 run failed" in markdown
+    failures_section = markdown.split("## Failures")[1]
+    assert f"- seed {seed}, {method}: {error}: " in failures_section
+    failures = pd.read_csv(out_dir / f"{name}-failures.csv")
+    assert failures[["seed", "method", "error"]].values.tolist() == [[seed, method, error]]
+    return markdown
+
+
+def test_realtime_rtho_diverging_keeps_the_other_rows_and_exits_1(realtime_results, tmp_path, monkeypatch, capsys):
+    # Adam's step of 20 on log η sends η to ~1e13 in two chunks: the training run itself goes non-finite, which
+    # no guard on the hypergradient can survive. The other methods do not use hyper_lr: their rows are SMOKE's.
+    from hgkit.experiments import realtime_tuning as rt
+
+    status, results = _reproduce(rt, monkeypatch, ["--out", str(tmp_path), "--set", "hyper_lr=20"])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "hgkit reproduce real-time: 1 failed\n  seed 0, RTHO: HyperDivergenceError: hyper-iteration " in err
+    assert "Traceback" not in err and "--traceback" in err
+    _failure_report(tmp_path, rt.NAME, 0, "RTHO", "HyperDivergenceError")
+    for png in ("hyperparameters", "validation"):
+        assert (tmp_path / f"{rt.NAME}-{png}.png").read_bytes()[:4] == b"\x89PNG"
+    # Nothing lost: fixed (before RTHO) and random search (after) are as in a run where RTHO succeeds.
+    table = pd.read_csv(tmp_path / f"{rt.NAME}.csv").set_index("method")
+    assert list(table.index) == ["fixed", "random search"]
+    columns = ["lr", "mu", "wd", "val_loss", "val_error", "test_accuracy", "step_equivalents"]
+    expected = realtime_results.table.set_index("method").loc[table.index, columns]
+    np.testing.assert_allclose(table[columns].to_numpy(float), expected.to_numpy(float), rtol=1e-6)
+    # RTHO's completed chunks are kept as data and drawn.
+    [failure] = results.failures
+    assert failure.iteration >= 1 and len(failure.partial.history) == failure.iteration
+    assert results.rtho is failure.partial and len(results.curves["RTHO"]) == failure.iteration
+    assert "RTHO (seed 0): failed; until then" in results.summary()
+
+
+def test_task_interactions_learned_C_diverging_keeps_the_other_rows_and_exits_1(tmp_path, monkeypatch, capsys):
+    # A strong coupling (ρ = 1) and a huge Adam step let the learned C leave the inner step's stable range on its
+    # first update; independent tasks (C = 0) and the uniform start (ρ c0 = 0.1) stay stable.
+    from hgkit.experiments import task_interactions as ti
+
+    sets = ["--set", "rho=1", "--set", "c_max=100", "--set", "hyper_lr=20"]
+    status, results = _reproduce(ti, monkeypatch, ["--out", str(tmp_path), *sets])
+    assert status == 1
+    assert "  seed 0, learned C: HyperDivergenceError: hyper-iteration " in capsys.readouterr().err
+    markdown = _failure_report(tmp_path, ti.NAME, 0, "learned C", "HyperDivergenceError")
+    assert "(none: learning C failed)" in markdown
+    table = pd.read_csv(tmp_path / f"{ti.NAME}.csv")
+    assert table["method"].tolist() == ["independent", "uniform C"]
+    assert np.isfinite(table[["val_loss", "test_accuracy"]].to_numpy(float)).all()
+    assert (tmp_path / f"{ti.NAME}.png").read_bytes()[:4] == b"\x89PNG"
+    assert results.C is None and results.learned is results.failures[0].partial
+    assert results.independent.stopped is None  # ran to the end

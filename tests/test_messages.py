@@ -8,6 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import linen, nnx
 
@@ -201,3 +202,53 @@ def test_traced_T_under_jit_is_told_to_be_static():
     assert 'jax.jit(f, static_argnames=("T",))' in message and "static_argnums" in message
     # ... which is what works.
     assert float(jax.jit(run, static_argnames=("T",))(hp, 20)) == float(run(hp, 20))
+
+
+# ----- results and errors as a user meets them ---------------------------------------------------------------------
+
+
+def test_a_loop_result_prints_short_and_as_html():
+    problem = hg.BilevelProblem(
+        init=lambda hp, key: {"w": jnp.zeros(2), "act": jnp.tanh},  # a static leaf: its repr must not be dumped
+        train_loss=lambda w, hp, b: jnp.sum((w["w"] - b) ** 2) + hp["wd"] * jnp.sum(w["w"] ** 2),
+        val_loss=lambda w, hp, b: jnp.sum((w["w"] - 0.5 * b) ** 2),
+        optimizer=hg.optim.sgd(0.1),
+    )
+    opt = hg.HyperOptimizer(problem, hyper_optimizer=optax.sgd(0.5))
+    hp = {"wd": jnp.asarray(0.1), "each": jnp.full(6, 0.1)}
+    result = opt.run(hp, 5, 30, jnp.ones(2), jnp.ones(2), progress=False)
+    text, wd = repr(result), float(result.hparams["wd"])
+    assert len(text.splitlines()) <= 8 and "Array(" not in text and "tanh" not in text
+    assert "5 of 5 hyper-iterations, ran to the end" in text and f"wd = {wd:.6g}" in text
+    assert "each = shape (6,), mean 0.1" in text and "result.history" in text
+    loss = result.history.val_loss
+    assert f"first {loss.iloc[0]:.6g}, best {loss.min():.6g}, last {loss.iloc[-1]:.6g}" in text
+    assert result.summary() in text
+    html = result._repr_html_()
+    assert html.startswith("<div class='hgkit-result'>") and f"{wd:.6g}" in html and "Array(" not in html
+
+
+def test_forgetting_the_key_that_init_needs_says_key():
+    problem = hg.BilevelProblem(
+        init=lambda hp, key: jax.random.normal(key, (2,)),
+        train_loss=lambda w, hp, b: jnp.sum((w - b) ** 2) * hp["c"],
+        val_loss=lambda w, hp, b: jnp.sum(w**2),
+        optimizer=hg.optim.sgd(0.1),
+    )
+    hp, b = {"c": jnp.asarray(1.0)}, jnp.ones(2)
+    missing = r"init\(hparams, key\) uses its key, but no key was given \(key=None\): pass one, e\.g\. key=jax\.random"
+    with pytest.raises(TypeError, match=missing):
+        hg.hypergradient(problem, hp, 5, b, b)
+    with pytest.raises(TypeError, match=missing):
+        hg.HyperOptimizer(problem).run(hp, 2, 5, b, b, progress=False)
+    assert np.isfinite(float(hg.hypergradient(problem, hp, 5, b, b, key=jax.random.key(0))[1]["c"]))
+
+
+def test_numpy_float64_hyperparameters_without_x64_are_refused_at_the_boundary():
+    problem = hg.BilevelProblem(lambda hp, k: jnp.zeros(2), lambda w, hp, b: jnp.sum((w - b) ** 2),
+                                lambda w, hp, b: jnp.sum(w**2), hg.optim.sgd("lr"))  # fmt: skip
+    with jax.enable_x64(False):
+        with pytest.raises(TypeError, match=r"hparams\['lr'\] is a NumPy float64 value, which JAX stores as float32"):
+            hg.HyperOptimizer(problem).run({"lr": np.float64(0.1)}, 2, 5, jnp.ones(2), jnp.ones(2), progress=False)
+        _, g = hg.hypergradient(problem, {"lr": np.float32(0.1)}, 5, jnp.ones(2), jnp.ones(2))  # no truncation
+        assert g["lr"].dtype == jnp.float32

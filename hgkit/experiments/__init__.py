@@ -8,10 +8,13 @@ Every experiment module has:
   published figures);
 * ``run(config, progress=True) -> Results``: the seeded experiments repeat one function per seed through the shared
   seed loop (``_report.over_seeds``) into one table with a row per seed; ``Results.summary()`` is what the
-  command line prints;
+  command line prints; ``Results.failures`` the runs that raised (``_report.RunFailure``: seed, method, error,
+  message, a diverged loop's partial result), recorded by ``_report.FailureLog.attempt`` around each method while
+  the other methods and seeds go on (the table has only what the others gave);
 * ``write_report(results, out_dir) -> list[Path]``, which writes ``NAME.md`` (the table, then notes such as the means
-  over seeds) and ``NAME.csv`` (the table at full precision) with ``_report.write_tables``, and the figures as
-  ``NAME*.png`` with ``_report.save_figure``, and returns the paths.
+  over seeds, then the failures if any) and ``NAME.csv`` (the table at full precision; ``NAME-failures.csv`` lists
+  the failures) with ``_report.write_tables``, and the figures as ``NAME*.png`` with ``_report.save_figure`` (from
+  the rows there are), and returns the paths.
 
 What they share lives in the private modules: ``_config`` (the configs' checks), ``_data`` (the packaged MNIST
 cut to size), ``_models`` (MLP, linear model, losses, plain training by :func:`hgkit.unroll`) and ``_report`` (seed

@@ -56,7 +56,7 @@ from .._checks import positive_int
 from ..measure import measure_hypergradient
 from ._config import check_positive_ints
 from ._models import cross_entropy, mlp
-from ._report import markdown_table, save_figure, write_tables
+from ._report import FailureLog, failures_note, markdown_table, save_figure, write_tables
 
 NAME = "cost"
 TITLE = "Cost of reverse and forward hypergradients: time and memory against T, m and model size (§3)"
@@ -279,32 +279,51 @@ def check_claims(costs: pd.DataFrame, config: Config) -> pd.DataFrame:
 @dataclasses.dataclass(frozen=True)
 class Results:
     """The cost table (:data:`hgkit.plot.COST_COLUMNS` plus ``width``, ``state_numbers``, ``state_bytes``),
-    the claims checked against it, and the config."""
+    the claims checked against it, the config, and what failed (``failures``,
+    :class:`~hgkit.experiments._report.RunFailure`; a point that failed has no row, the claims use the others)."""
 
     config: Config
     costs: pd.DataFrame
     claims: pd.DataFrame
     device: str
+    failures: tuple = ()
 
     def summary(self) -> str:
         c = self.config
-        base = self.costs[self.costs["width"] == c.width].iloc[0]
-        head = (
-            f"{TITLE}\nMLP {c.inputs}-{c.width}-{c.classes}, |s| = {int(base['state_numbers']):,} numbers "
-            f"({int(base['state_bytes']) / 2**10:.1f} KiB, {c.dtype}), base point T={c.T}, m={c.m}; {self.device}\n"
-        )
+        base = self.costs[self.costs["width"] == c.width] if len(self.costs) else self.costs
+        state = "|s| not measured"
+        if len(base):
+            numbers, nbytes = int(base["state_numbers"].iloc[0]), int(base["state_bytes"].iloc[0])
+            state = f"|s| = {numbers:,} numbers ({nbytes / 2**10:.1f} KiB, {c.dtype})"
+        head = f"{TITLE}\nMLP {c.inputs}-{c.width}-{c.classes}, {state}, base point T={c.T}, m={c.m}; {self.device}\n"
         decided = self.claims["holds"].dropna()
-        return head + markdown_table(self.claims) + f"\n{int(decided.sum())} of {len(decided)} claims measured hold."
+        return (
+            head
+            + markdown_table(self.claims)
+            + f"\n{int(decided.sum())} of {len(decided)} claims measured hold."
+            + failures_note(self.failures)
+        )
 
 
 def run(config: Config = DEFAULT, progress: bool = True) -> Results:
-    """Measure every point of the sweeps with both methods."""
+    """Measure every point of the sweeps with both methods. A point that raises is recorded in ``Results.failures``
+    (method ``"<method> at T=…, m=…, width=…"``) and the others go on; so are the claims if they cannot be checked."""
     from tqdm.auto import tqdm
 
+    failures = FailureLog()
     jobs = [(method, *point) for point in config.points() for method in METHODS]
-    rows = [measure(config, *job) for job in tqdm(jobs, desc="cost", disable=not progress)]
+    rows = []
+    for method, T, m, width in tqdm(jobs, desc="cost", disable=not progress):
+        row = failures.attempt(
+            config.seed, f"{method} at T={T}, m={m}, width={width}", measure, config, method, T, m, width
+        )
+        if row is not None:
+            rows.append(row)
     costs = pd.DataFrame(rows)
-    return Results(config, costs, check_claims(costs, config), jax.devices()[0].device_kind)
+    claims = failures.attempt(config.seed, "claims", check_claims, costs, config)
+    if claims is None:
+        claims = pd.DataFrame(columns=["claim", "paper", "measured", "holds"])
+    return Results(config, costs, claims, jax.devices()[0].device_kind, tuple(failures.records))
 
 
 def draw(fig, results: Results) -> dict:
@@ -344,7 +363,7 @@ def write_report(results: Results, out_dir) -> list[Path]:
 
     out_dir = Path(out_dir)
     notes = "## The paper's claims\n\n" + markdown_table(results.claims)
-    paths = write_tables(results.costs, out_dir, "cost", TITLE, notes)
+    paths = write_tables(results.costs, out_dir, "cost", TITLE, notes, results.failures)
     fig = plt.figure(figsize=(15, 8.5), layout="constrained")
     draw(fig, results)
     fig.suptitle(f"Reverse and forward hypergradients: cost ({results.device})")

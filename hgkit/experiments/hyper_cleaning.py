@@ -56,7 +56,7 @@ from ..datasets.mnist import corrupt_labels
 from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
 from ._data import mnist
 from ._models import accuracy, cross_entropies, linear, linear_init, plain_training
-from ._report import markdown_table, over_seeds, save_figure, write_tables
+from ._report import FailureLog, failures_note, mark_missing, markdown_table, over_seeds, save_figure, write_tables
 
 NAME = "hyper-cleaning"
 TITLE = "Data hyper-cleaning on MNIST (Franceschi et al. 2017, §5.1)"
@@ -184,9 +184,13 @@ def setup(config: Config, n_features: int):
     return problem, loops
 
 
-def run_one_seed(config: Config, data, problem, loops, seed: int, progress: bool, callbacks=()):
+def run_one_seed(config: Config, data, problem, loops, seed: int, progress: bool, failures: FailureLog, callbacks=()):
     """Every budget on one seed's corrupted labels: the rows, and per budget the loop's history and the learned
-    weights, and the mask of the corrupted examples."""
+    weights, and the mask of the corrupted examples.
+
+    The methods recorded in ``failures`` when they raise are "baseline", "oracle" (their accuracy is then NaN in
+    every row of the seed) and each budget, "R=<budget>" (that budget then has no row on the seed).
+    """
     dtype = np.dtype(config.dtype)
     x_train, y_clean = data["train"]
     x_test, y_test = data["test"]
@@ -197,10 +201,10 @@ def run_one_seed(config: Config, data, problem, loops, seed: int, progress: bool
 
     noisy, mask = corrupt_labels(np.asarray(y_clean), config.n_corrupt, NUM_CLASSES, seed=seed)
     y_train = jnp.asarray(noisy)
-    baseline = tested(np.ones(config.n_train), y_train)
-    oracle = tested(mean_over(~mask), y_train)
-    rows, histories, learned = [], {}, {}
-    for budget, loop in loops.items():
+    baseline = failures.attempt(seed, "baseline", tested, np.ones(config.n_train), y_train)
+    oracle = failures.attempt(seed, "oracle", tested, mean_over(~mask), y_train)
+
+    def one_budget(budget, loop):
         # The feasible start closest to "trust everyone": the projection of λ = 1, i.e. R/N everywhere.
         start = {"weights": jnp.full(config.n_train, min(1.0, budget / config.n_train), dtype)}
         started = time.perf_counter()
@@ -215,22 +219,26 @@ def run_one_seed(config: Config, data, problem, loops, seed: int, progress: bool
         )
         weights = np.asarray(result.hparams["weights"])
         kept = weights >= config.threshold
-        rows.append(
-            {
-                "budget": float(budget),
-                "seed": seed,
-                "baseline_accuracy": baseline,
-                "oracle_accuracy": oracle,
-                "cleaned_accuracy": tested(mean_over(kept), y_train),
-                "weighted_accuracy": tested(weights, y_train),
-                **detection(weights, mask, config.threshold),
-                "val_loss_start": float(result.history["val_loss"].iloc[0]),
-                "val_loss_end": float(result.history["val_loss"].iloc[-1]),
-                "seconds": time.perf_counter() - started,
-            }
-        )
-        histories[float(budget)] = result.history
-        learned[float(budget)] = weights
+        row = {
+            "budget": float(budget),
+            "seed": seed,
+            "baseline_accuracy": np.nan if baseline is None else baseline,
+            "oracle_accuracy": np.nan if oracle is None else oracle,
+            "cleaned_accuracy": tested(mean_over(kept), y_train),
+            "weighted_accuracy": tested(weights, y_train),
+            **detection(weights, mask, config.threshold),
+            "val_loss_start": float(result.history["val_loss"].iloc[0]),
+            "val_loss_end": float(result.history["val_loss"].iloc[-1]),
+            "seconds": time.perf_counter() - started,
+        }
+        return row, result.history, weights
+
+    rows, histories, learned = [], {}, {}
+    for budget, loop in loops.items():
+        out = failures.attempt(seed, f"R={budget:g}", one_budget, budget, loop)
+        if out is not None:
+            rows.append(out[0])
+            histories[float(budget)], learned[float(budget)] = out[1:]
     return pd.DataFrame(rows), histories, learned, mask
 
 
@@ -240,13 +248,16 @@ def run_one_seed(config: Config, data, problem, loops, seed: int, progress: bool
 @dataclasses.dataclass(frozen=True)
 class Results:
     """One row per budget and seed (``table``); every run's loop history and learned weights (``histories``,
-    ``weights``, keyed by ``(budget, seed)``) and each seed's corrupted examples (``corrupted``), for the figures."""
+    ``weights``, keyed by ``(budget, seed)``) and each seed's corrupted examples (``corrupted``), for the figures;
+    what failed (``failures``, :class:`~hgkit.experiments._report.RunFailure`): a budget that failed on a seed has
+    no row there, a baseline or oracle that failed is NaN in its seed's rows."""
 
     config: Config
     table: pd.DataFrame
     histories: dict[tuple[float, int], pd.DataFrame]
     weights: dict[tuple[float, int], np.ndarray]
     corrupted: dict[int, np.ndarray]
+    failures: tuple = ()
 
     def means(self) -> pd.DataFrame:
         """Mean ± std over seeds, one row per budget R in increasing order (accuracies in %).
@@ -255,6 +266,8 @@ class Results:
         a mean that falls on a tie of the displayed digits would then print one unit off.
         """
         rows = []
+        if self.table.empty:
+            return pd.DataFrame(rows)
         for budget, group in self.table.groupby("budget"):
             row = {"R": int(budget) if float(budget).is_integer() else budget, "seeds": len(group)}
             for col in ACCURACIES:
@@ -274,7 +287,7 @@ class Results:
             f"{c.n_corrupt} of {c.n_train} training labels corrupted; T={c.T}, lr={c.lr}, "
             f"{c.hyper_iterations} hyper-iterations of Adam({c.hyper_lr}); corrupted if λ < {c.threshold}"
         )
-        return head + "\n\n" + self.means().to_string(index=False)
+        return head + "\n\n" + self.means().to_string(index=False) + failures_note(self.failures)
 
 
 def _pm(values, digits: int) -> str:
@@ -286,25 +299,33 @@ def _pm(values, digits: int) -> str:
 
 
 def run(config: Config = DEFAULT, progress: bool = True, callbacks=()) -> Results:
-    """Every budget and seed of ``config``; see the module docstring for what is measured."""
+    """Every budget and seed of ``config``; see the module docstring for what is measured. One that raises is
+    recorded in ``Results.failures`` and the others go on."""
     data = load_data(config)
     problem, loops = setup(config, data["train"][0].shape[1])
+    failures = FailureLog()
     table, per_seed = over_seeds(
-        config.seeds, lambda seed: run_one_seed(config, data, problem, loops, seed, progress, callbacks)
+        config.seeds,
+        lambda seed: run_one_seed(config, data, problem, loops, seed, progress, failures, callbacks),
+        failures,
     )
     histories = {(b, s): h for s, (hs, _, _) in per_seed.items() for b, h in hs.items()}
     weights = {(b, s): w for s, (_, ws, _) in per_seed.items() for b, w in ws.items()}
     corrupted = {s: mask for s, (_, _, mask) in per_seed.items()}
-    return Results(config, table, histories, weights, corrupted)
+    return Results(config, table, histories, weights, corrupted, tuple(failures.records))
 
 
 def draw(fig, results: Results) -> dict:
     """The headline run's learned weights (clean against corrupted) and losses, and the test accuracies per budget
-    (mean over seeds)."""
+    (mean over seeds); panels without data (every budget failed) say so."""
     from .. import plot
 
-    budget, seed = results.headline()
     ax_w, ax_loss, ax_acc = fig.subplots(1, 3)
+    if not results.weights:
+        for ax in (ax_w, ax_loss, ax_acc):
+            mark_missing(ax, "every budget failed")
+        return {"weights": ax_w, "losses": ax_loss, "accuracy": ax_acc}
+    budget, seed = results.headline()
     groups = {"groups": results.corrupted[seed], "names": {True: "corrupted", False: "clean"}}
     plot.example_weights(ax_w, results.weights[(budget, seed)], **groups)
     ax_w.set_title(f"learned weights (R = {budget:g}, seed {seed})")
@@ -329,7 +350,7 @@ def write_report(results: Results, out_dir) -> list[Path]:
     out_dir = Path(out_dir)
     settings = results.summary().splitlines()[0]
     notes = f"{settings}\n\n## Mean over seeds\n\n{markdown_table(results.means())}"
-    paths = write_tables(results.table, out_dir, NAME, TITLE, notes)
+    paths = write_tables(results.table, out_dir, NAME, TITLE, notes, results.failures)
     fig = plt.figure(figsize=(12, 3.6), layout="constrained")
     draw(fig, results)
     paths.append(save_figure(fig, out_dir / f"{NAME}.png"))

@@ -59,7 +59,7 @@ import hgkit as hg
 from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
 from ._data import minibatch_fn, mnist
 from ._models import cross_entropy, error_rate, mlp, mlp_init, plain_training
-from ._report import markdown_table, over_seeds, save_figure, write_tables
+from ._report import FailureLog, failures_note, mark_missing, markdown_table, over_seeds, save_figure, write_tables
 
 NAME = "lr-schedules"
 TITLE = "Online learning-rate schedules on MNIST: hypergradient descent, RTHO and MARTHE"
@@ -329,9 +329,14 @@ def sample_lrs(config: Config, n: int, seed: int) -> list[float]:
     return [float(np.exp(v)) for v in rng.uniform(lo, hi, size=n)]
 
 
-def run_one_seed(config: Config, data, seed: int, progress: bool, callbacks=()):
-    """Every method on one seed: the table's rows, the schedules (one DataFrame per method) and the online loops'
-    results."""
+def run_one_seed(config: Config, data, seed: int, progress: bool, failures: FailureLog, callbacks=()):
+    """Every method on one seed: the table's rows, the schedules (one DataFrame per method), the online loops'
+    results and random search's draws.
+
+    A method that raises is recorded in ``failures`` and has no row; the others go on, except cosine, which starts
+    from the grid's best η and is not run when "fixed" failed. An online method that diverges is not a failure but
+    a result: its row has ``diverged`` set and NaN metrics.
+    """
     problems, batch = make_problems(config, data, seed)
     key = jax.random.PRNGKey(seed)
     cost = step_equivalents(config)
@@ -340,68 +345,99 @@ def run_one_seed(config: Config, data, seed: int, progress: bool, callbacks=()):
     def row(method, **values):
         rows.append(dict(method=method, **values, step_equivalents=cost[method]))
 
-    # fixed: the grid, the best constant η by validation error.
-    grid = []
-    for lr in config.grid:
-        params, curve, wall = train_plain(problems["plain"], batch, lr, config, data, key)
-        grid.append((final_metrics(params, data), curve, wall, lr))
-    best_metrics, best_curve, _, best_lr = min(grid, key=lambda g: (np.nan_to_num(g[0]["val_error"], nan=1.0), g[3]))
-    grid_wall = sum(g[2] for g in grid)
-    row("fixed", lr_start=best_lr, lr_end=best_lr, beta=math.nan, **best_metrics, wall_time=grid_wall, diverged=False)
-    curves["fixed"] = best_curve
+    def grid():  # fixed: the best constant η of the grid by validation error.
+        runs = []
+        for lr in config.grid:
+            params, curve, wall = train_plain(problems["plain"], batch, lr, config, data, key)
+            runs.append((final_metrics(params, data), curve, wall, lr))
+        best = min(runs, key=lambda g: (np.nan_to_num(g[0]["val_error"], nan=1.0), g[3]))
+        return best, sum(g[2] for g in runs)
 
-    # cosine decay from the grid's best.
-    params, curve, wall = train_plain(problems["plain"], batch, best_lr, config, data, key, decay=1.0)
-    row("cosine", lr_start=best_lr, lr_end=float(curve["lr"].iloc[-1]), beta=math.nan, **final_metrics(params, data),
-        wall_time=grid_wall + wall, diverged=False)  # fmt: skip
-    curves["cosine"] = curve
+    fixed = failures.attempt(seed, "fixed", grid)
+    if fixed is not None:
+        (best_metrics, curves["fixed"], _, best_lr), grid_wall = fixed
+        row("fixed", lr_start=best_lr, lr_end=best_lr, beta=math.nan, **best_metrics, wall_time=grid_wall,
+            diverged=False)  # fmt: skip
 
-    # the online methods.
-    for method, (rt, tx, beta) in online_settings(config).items():
+    def cosine_decay():  # from the grid's best.
+        params, curve, wall = train_plain(problems["plain"], batch, best_lr, config, data, key, decay=1.0)
+        return final_metrics(params, data), curve, wall
+
+    if fixed is None:
+        failures.not_run(seed, "cosine", "it starts from the grid's best η, and fixed failed")
+    else:
+        out = failures.attempt(seed, "cosine", cosine_decay)
+        if out is not None:
+            metrics, curves["cosine"], wall = out
+            row("cosine", lr_start=best_lr, lr_end=float(curves["cosine"]["lr"].iloc[-1]), beta=math.nan,
+                **metrics, wall_time=grid_wall + wall, diverged=False)  # fmt: skip
+
+    def online(rt, tx):
         result = run_online(problems["online"], batch, rt, tx, config, data, key, progress, callbacks)
-        info, curves[method] = online_row(result, data)
-        row(method, lr_start=info.pop("lr_start"), lr_end=info.pop("lr_end"), beta=beta, **info)
-        results[method] = result
+        return result, *online_row(result, data)
 
-    # random search on the most expensive method's compute.
-    draws = sample_lrs(config, random_search_runs({k: v for k, v in cost.items() if k != "random search"},
-                                                  config.T), seed)  # fmt: skip
-    runs = []
-    for lr in draws:
-        params, curve, wall = train_plain(problems["plain"], batch, lr, config, data, key)
-        runs.append((final_metrics(params, data), curve, wall, lr))
-    won = min(runs, key=lambda r: (np.nan_to_num(r[0]["val_error"], nan=1.0), r[3]))
-    row("random search", lr_start=won[3], lr_end=won[3], beta=math.nan, **won[0], wall_time=sum(r[2] for r in runs),
-        diverged=False)  # fmt: skip
-    curves["random search"] = won[1]
+    for method, (rt, tx, beta) in online_settings(config).items():
+        out = failures.attempt(seed, method, online, rt, tx)
+        if out is not None:
+            results[method], info, curves[method] = out
+            row(method, lr_start=info.pop("lr_start"), lr_end=info.pop("lr_end"), beta=beta, **info)
+
+    def random_search():  # on the most expensive method's compute.
+        draws = sample_lrs(config, random_search_runs({k: v for k, v in cost.items() if k != "random search"},
+                                                      config.T), seed)  # fmt: skip
+        runs = []
+        for lr in draws:
+            params, curve, wall = train_plain(problems["plain"], batch, lr, config, data, key)
+            runs.append((final_metrics(params, data), curve, wall, lr))
+        return runs
+
+    runs = failures.attempt(seed, "random search", random_search) or []
+    if runs:
+        won = min(runs, key=lambda r: (np.nan_to_num(r[0]["val_error"], nan=1.0), r[3]))
+        row("random search", lr_start=won[3], lr_end=won[3], beta=math.nan, **won[0],
+            wall_time=sum(r[2] for r in runs), diverged=False)  # fmt: skip
+        curves["random search"] = won[1]
 
     table = pd.DataFrame(rows)
     table.insert(0, "seed", seed)
-    draws_table = pd.DataFrame([dict(seed=seed, lr=r[3], **r[0]) for r in runs])
+    draws_table = pd.DataFrame([dict(seed=seed, lr=r[3], **r[0]) for r in runs], columns=DRAW_COLUMNS)
     return table, curves, results, draws_table
 
 
-def sensitivity(config: Config, data, main: pd.DataFrame, progress: bool) -> pd.DataFrame:
+DRAW_COLUMNS = ["seed", "lr", "val_loss", "val_error", "test_accuracy"]
+SWEEP_COLUMNS = ["method", "factor", "beta", "lr_end", "val_accuracy", "test_accuracy", "diverged"]
+
+
+def sensitivity(config: Config, data, main: pd.DataFrame, progress: bool, failures: FailureLog) -> pd.DataFrame:
     """The online methods on the first seed with β (β_0) × each factor of ``config.sweep``; factor 1 is taken
-    from the main table (the same run)."""
+    from the main table (the same run). A run that raises is recorded in ``failures`` as ``"<method> ×<factor>"``
+    and has no row, as has factor 1 of a method whose main run failed."""
     seed = config.seeds[0]
     problems, batch = make_problems(config, data, seed)
     key = jax.random.PRNGKey(seed)
     rows = []
-    first = main[main["seed"] == seed].set_index("method")
+    first = main[main["seed"] == seed].set_index("method") if len(main) else pd.DataFrame()
+
+    def swept(rt, tx):
+        return online_row(run_online(problems["online"], batch, rt, tx, config, data, key, progress), data)[0]
+
     for factor in config.sweep:
         for method, (rt, tx, beta) in online_settings(config, factor).items():
-            if factor == 1.0:
+            if factor != 1.0:
+                info = failures.attempt(seed, f"{method} ×{factor:g}", swept, rt, tx)
+            elif method in first.index:
                 info = first.loc[method]
                 info = dict(val_loss=info.val_loss, val_error=info.val_error, test_accuracy=info.test_accuracy,
                             lr_end=info.lr_end, diverged=bool(info.diverged))  # fmt: skip
             else:
-                result = run_online(problems["online"], batch, rt, tx, config, data, key, progress)
-                info, _ = online_row(result, data)
+                info = None  # the main run failed, and is recorded
+            if info is None:
+                continue
             rows.append(dict(method=method, factor=factor, beta=beta, lr_end=info["lr_end"],
                              val_accuracy=1.0 - info["val_error"], test_accuracy=info["test_accuracy"],
                              diverged=info["diverged"]))  # fmt: skip
-    return pd.DataFrame(rows).sort_values(["method", "factor"], kind="stable").reset_index(drop=True)
+    sweep = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    return sweep.sort_values(["method", "factor"], kind="stable").reset_index(drop=True)
 
 
 # ----- results --------------------------------------------------------------------------------------------------
@@ -411,7 +447,8 @@ def sensitivity(config: Config, data, main: pd.DataFrame, progress: bool) -> pd.
 class Results:
     """Per seed and method the schedule's ends, validation loss and error, test accuracy, compute and wall time
     (``table``); random search's draws (``draws``); the sensitivity sweep (``sweep``); the first seed's schedules
-    (``curves``) and online loop results (``online``)."""
+    (``curves``) and online loop results (``online``); what failed (``failures``,
+    :class:`~hgkit.experiments._report.RunFailure`), whose rows, curves and results are missing."""
 
     config: Config
     table: pd.DataFrame
@@ -419,12 +456,13 @@ class Results:
     sweep: pd.DataFrame
     curves: dict
     online: dict
+    failures: tuple = ()
 
     def means(self) -> pd.DataFrame:
         """Per method (in the table's order) ``mean ± std`` over seeds of the accuracy and losses, the compute and
         the wall time."""
         out = []
-        for method, group in self.table.groupby("method", sort=False):
+        for method, group in self.table.groupby("method", sort=False) if len(self.table) else ():
             out.append(
                 dict(
                     method=method,
@@ -443,7 +481,7 @@ class Results:
         """Random search picked by the online methods' kind of objective, the validation cross-entropy (on all
         validation images), instead of the validation error: per seed the draw picked, and its test accuracy."""
         picked = self.draws.loc[self.draws.groupby("seed")["val_loss"].idxmin()]
-        return picked[["seed", "lr", "val_loss", "val_error", "test_accuracy"]].reset_index(drop=True)
+        return picked[DRAW_COLUMNS].reset_index(drop=True)
 
     def summary(self) -> str:
         c = self.config
@@ -456,6 +494,7 @@ class Results:
             + markdown_table(self.by_loss())
             + "\n\nSensitivity to the hyper-learning rate (first seed):\n"
             + markdown_table(self.sweep)
+            + failures_note(self.failures)
         )
 
 
@@ -469,13 +508,18 @@ def _pm(values, digits: int, fmt: str = "f") -> str:
 
 def run(config: Config = DEFAULT, progress: bool = True, callbacks=()) -> Results:
     """Every method on every seed, then the sensitivity sweep on the first seed. ``callbacks`` go to the online
-    methods' loops (e.g. a live :class:`hgkit.widgets.Dashboard`)."""
+    methods' loops (e.g. a live :class:`hgkit.widgets.Dashboard`). A method that raises is recorded in
+    ``Results.failures`` and the others go on."""
     data = load_data(config)
-    table, per_seed = over_seeds(config.seeds, lambda seed: run_one_seed(config, data, seed, progress, callbacks))
-    draws = pd.concat([rest[2] for rest in per_seed.values()], ignore_index=True)
-    curves, online, _ = per_seed[config.seeds[0]]
-    sweep = sensitivity(config, data, table, progress)
-    return Results(config, table, draws, sweep, curves, online)
+    failures = FailureLog()
+    table, per_seed = over_seeds(
+        config.seeds, lambda seed: run_one_seed(config, data, seed, progress, failures, callbacks), failures
+    )
+    draws = [rest[2] for rest in per_seed.values() if len(rest[2])]
+    draws = pd.concat(draws, ignore_index=True) if draws else pd.DataFrame(columns=DRAW_COLUMNS)
+    curves, online, _ = per_seed.get(config.seeds[0], ({}, {}, None))
+    sweep = sensitivity(config, data, table, progress, failures)
+    return Results(config, table, draws, sweep, curves, online, tuple(failures.records))
 
 
 # ----- figures --------------------------------------------------------------------------------------------------
@@ -487,10 +531,15 @@ LR_FLOOR = 1e-3  # the schedules figure's lowest η: cosine decay's tail and a l
 def draw_schedules(fig, results: Results) -> dict:
     """Left: η against the inner step for every method (first seed; η below ``LR_FLOOR``, such as cosine decay's
     tail or an online method that drove η to 0, runs off the bottom). Right: the objective E (validation
-    cross-entropy on the ``n_hyper`` images) along each run."""
+    cross-entropy on the ``n_hyper`` images) along each run. A method that failed is left out."""
     axes = dict(zip(("lr", "val_loss"), fig.subplots(1, 2), strict=True))
+    methods = [m for m in METHODS if m in results.curves]
+    if not methods:
+        for ax in axes.values():
+            mark_missing(ax, "every method failed")
+        return axes
     ends = []
-    for method in METHODS:
+    for method in methods:
         curve = results.curves[method]
         style = dict(color=METHOD_COLORS[method], label=method, linewidth=1.5)
         if method in ("fixed", "random search"):
@@ -498,7 +547,7 @@ def draw_schedules(fig, results: Results) -> dict:
         for name, ax in axes.items():
             ax.plot(curve["inner_steps"], curve[name], **style)
         ends.append(float(curve["val_loss"].iloc[-1]))
-    top = max(float(np.nanmax([results.curves[m]["lr"].max() for m in METHODS])), LR_FLOOR) * 2
+    top = max(float(np.nanmax([results.curves[m]["lr"].max() for m in methods])), LR_FLOOR) * 2
     axes["lr"].set_yscale("log")
     axes["lr"].set_ylim(LR_FLOOR, top)
     axes["lr"].set_ylabel("learning rate η")
@@ -515,13 +564,15 @@ def draw_sensitivity(fig, results: Results) -> dict:
     """Final validation and test accuracy against the factor on each online method's hyper-learning rate (first
     seed), the fixed and cosine rows as horizontal references. The axis shows the 10 points below the best; a run
     below them (one that collapsed) is drawn as a triangle on the bottom edge with its value, a diverged one as a
-    cross there."""
+    cross there. A run that failed is left out."""
     axes = dict(zip(("val_accuracy", "test_accuracy"), fig.subplots(1, 2), strict=True))
-    first = results.table[results.table["seed"] == results.config.seeds[0]].set_index("method")
+    table = results.table if len(results.table) else pd.DataFrame(columns=["seed", "method"])
+    first = table[table["seed"] == results.config.seeds[0]].set_index("method")
     for column, ax in axes.items():
         references = {
             m: first.loc[m, "test_accuracy"] if column == "test_accuracy" else 1.0 - first.loc[m, "val_error"]
             for m in ("fixed", "cosine")
+            if m in first.index
         }
         values = np.concatenate([results.sweep[column].to_numpy(float), list(references.values())])
         best = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
@@ -561,7 +612,7 @@ def write_report(results: Results, out_dir) -> list[Path]:
         + f"\n\n## Sensitivity to the hyper-learning rate (seed {c.seeds[0]})\n\n" + markdown_table(results.sweep)
         + "\n\n## Random search's draws\n\n" + markdown_table(results.draws)
     )  # fmt: skip
-    paths = write_tables(results.table, out_dir, NAME, TITLE, notes)
+    paths = write_tables(results.table, out_dir, NAME, TITLE, notes, results.failures)
     fig = plt.figure(figsize=(12, 4.2), layout="constrained")
     draw_schedules(fig, results)
     fig.suptitle(f"Learning-rate schedules (seed {c.seeds[0]}, T = {c.T})")

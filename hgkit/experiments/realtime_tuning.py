@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -51,7 +52,17 @@ import hgkit as hg
 from ._config import check_positive_ints, check_seeds, check_split_sizes
 from ._data import minibatch_fn, mnist
 from ._models import cross_entropy, error_rate, mlp, mlp_init, plain_training, weight_norm2
-from ._report import markdown_table, mean_over_seeds, over_seeds, save_figure, write_tables
+from ._report import (
+    FailureLog,
+    failed_methods,
+    failures_note,
+    mark_missing,
+    markdown_table,
+    mean_over_seeds,
+    over_seeds,
+    save_figure,
+    write_tables,
+)
 
 NAME = "real-time"
 TITLE = "Real-time tuning of learning rate, momentum and weight decay on MNIST (RTHO, §5.3)"
@@ -75,6 +86,12 @@ class Config:
             was chosen on validation error alone (docs/results/real-time-study/): Adam's step × Δ on seed 0, then
             0.05 / 0.1 / 0.2 at Δ = 50 on seeds 1 and 2; the earlier 0.05 left RTHO still climbing towards the
             learning rates random search wins with when the run ended.
+        restart_above: RTHO's guard at the edge of stability (``hg.HyperOptimizer(restart_above=...)``): a chunk
+            whose hypergradient is non-finite or above it leaves λ unchanged and restarts the tangents from zero,
+            where the run would otherwise end with a HyperDivergenceError. The default, ``inf``, acts only on
+            non-finite hypergradients, so a run that never blows up is exactly the unguarded one; ``none`` turns
+            it off. (On another 2-core machine, seed 0 of the default drove η to 0.56 and μ to 0.95 and the tangent
+            overflowed at chunk 33; this machine's run stays finite, so both are the same here.)
         lr_range, weight_decay_range: random search's log-uniform ranges; momentum_range: its uniform range.
         seeds: one repetition per seed (weights, minibatch order and random search's draws).
     """
@@ -90,6 +107,7 @@ class Config:
     momentum: float = 0.5
     weight_decay: float = 1e-3
     hyper_lr: float = 0.2
+    restart_above: float | None = math.inf
     lr_range: tuple[float, float] = (1e-3, 0.5)
     momentum_range: tuple[float, float] = (0.0, 0.95)
     weight_decay_range: tuple[float, float] = (1e-6, 1e-2)
@@ -108,6 +126,10 @@ class Config:
             raise ValueError(
                 "Config needs lr > 0, weight_decay > 0, 0 < momentum < 1 and hyper_lr > 0; got "
                 f"lr={self.lr}, weight_decay={self.weight_decay}, momentum={self.momentum}, hyper_lr={self.hyper_lr}"
+            )
+        if self.restart_above is not None and not self.restart_above > 0:
+            raise ValueError(
+                f"Config.restart_above must be > 0 (inf: non-finite only) or None; got {self.restart_above}"
             )
         for name in ("lr_range", "momentum_range", "weight_decay_range"):
             lo, hi = getattr(self, name)
@@ -202,6 +224,7 @@ def run_rtho(problem, batch, config: Config, data, key, progress: bool):
         hyper_optimizer=optax.adam(config.hyper_lr),
         constraints={"lr": hg.constraints.log(), "mu": hg.constraints.sigmoid(0.0, 1.0), "wd": hg.constraints.log()},
         metrics={"val_error": lambda params, hp: error_rate(mlp(params, x_val), y_val)},
+        restart_above=config.restart_above,
     )
     hp0 = hparams_of(config.lr, config.momentum, config.weight_decay)
     return opt.run(hp0, T=config.T, train_data=batch, val_data=data["val"], key=key, progress=progress)
@@ -224,28 +247,62 @@ def sample_configs(config: Config, n: int, seed: int) -> list[dict]:
     ]
 
 
-def run_one_seed(config: Config, data, seed: int, progress: bool):
-    """The three methods on one seed: the summary rows and the trajectories (one DataFrame per method)."""
+def run_one_seed(config: Config, data, seed: int, progress: bool, failures: FailureLog):
+    """The three methods on one seed: the summary rows, the trajectories (one DataFrame per method) and RTHO's loop
+    result. The methods do not depend on each other: one that raises is recorded in ``failures`` and has no row;
+    if RTHO diverged, its trajectory up to then and its partial result are kept for the figures."""
     problem, batch = make_problem(config, data, seed)
     key = jax.random.PRNGKey(seed)
-    m = len(HYPERPARAMETERS)
-    budget = step_equivalents(config.T, m)
+    budget = step_equivalents(config.T, len(HYPERPARAMETERS))
 
     def test_accuracy(params):
         return 1.0 - float(evaluate(params, *data["test"])[1])
 
+    def fixed():
+        hp0 = dict(lr=config.lr, mu=config.momentum, wd=config.weight_decay)
+        params, curve = train_fixed(problem, batch, hparams_of(**hp0), config, data, key)
+        row = dict(**hp0, **_final(curve), test_accuracy=test_accuracy(params))
+        return row, curve.assign(step_equivalents=curve["inner_steps"])
+
+    def rtho():
+        result = run_rtho(problem, batch, config, data, key, progress)
+        tuned = {k: float(v) for k, v in result.hparams.items()}
+        # The history's last row is the final weights' validation loss and error (the loss and the metric).
+        row = dict(**tuned, **_final(result.history), test_accuracy=test_accuracy(result.state.params))
+        return row, rtho_curve(result.history), result
+
+    def random_search():  # with RTHO's budget
+        draws = sample_configs(config, budget["random search"] // config.T, seed)
+        runs, clock = [], 0.0
+        for i, hp in enumerate(draws):
+            params, curve = train_fixed(problem, batch, hparams_of(**hp), config, data, key, clock_offset=clock)
+            clock = float(curve["wall_time"].iloc[-1])
+            curve = curve.assign(run=i, step_equivalents=curve["inner_steps"] + i * config.T)
+            runs.append((curve, params, hp))
+        best_curve, best_params, best_hp = min(runs, key=lambda r: r[0]["val_error"].iloc[-1])
+        row = dict(**best_hp, **_final(best_curve), test_accuracy=test_accuracy(best_params))
+        return row, pd.concat([c for c, _, _ in runs], ignore_index=True)
+
+    methods = {"fixed": fixed, "RTHO": rtho, "random search": random_search}
+    outs = {method: failures.attempt(seed, method, fn) for method, fn in methods.items()}
     rows, curves = [], {}
+    for method, out in outs.items():
+        if out is not None:
+            row, curves[method] = out[:2]
+            wall_time = float(curves[method]["wall_time"].iloc[-1])
+            rows.append(dict(seed=seed, method=method, **row, step_equivalents=budget[method], wall_time=wall_time))
+    if outs["RTHO"] is not None:
+        return pd.DataFrame(rows), curves, outs["RTHO"][2]
+    result = failures.partial(seed, "RTHO")  # what RTHO left if it diverged: its trajectory up to then
+    if result is not None and len(result.history):
+        curves["RTHO"] = rtho_curve(result.history)
+    return pd.DataFrame(rows), curves, result
 
-    # fixed
-    hp0 = dict(lr=config.lr, mu=config.momentum, wd=config.weight_decay)
-    params, curve = train_fixed(problem, batch, hparams_of(**hp0), config, data, key)
-    curves["fixed"] = curve.assign(step_equivalents=curve["inner_steps"])
-    rows.append(dict(method="fixed", **hp0, **_final(curve), test_accuracy=test_accuracy(params)))
 
-    # RTHO
-    result = run_rtho(problem, batch, config, data, key, progress)
-    history = result.history
-    curves["RTHO"] = pd.DataFrame(
+def rtho_curve(history: pd.DataFrame) -> pd.DataFrame:
+    """RTHO's trajectory (validation loss and error after every chunk) from its loop history."""
+    m = len(HYPERPARAMETERS)
+    return pd.DataFrame(
         dict(
             chunk=history["iteration"],
             inner_steps=history["inner_steps"],
@@ -255,27 +312,6 @@ def run_one_seed(config: Config, data, seed: int, progress: bool):
             step_equivalents=history["inner_steps"] * (1 + m),
         )
     )
-    tuned = {k: float(v) for k, v in result.hparams.items()}
-    # The history's last row is the final weights' validation loss and error (the loss and the metric).
-    rows.append(dict(method="RTHO", **tuned, **_final(history), test_accuracy=test_accuracy(result.state.params)))
-
-    # random search, with RTHO's budget
-    draws = sample_configs(config, budget["random search"] // config.T, seed)
-    runs, clock = [], 0.0
-    for i, hp in enumerate(draws):
-        params, curve = train_fixed(problem, batch, hparams_of(**hp), config, data, key, clock_offset=clock)
-        clock = float(curve["wall_time"].iloc[-1])
-        curve = curve.assign(run=i, step_equivalents=curve["inner_steps"] + i * config.T)
-        runs.append((curve, params, hp))
-    curves["random search"] = pd.concat([c for c, _, _ in runs], ignore_index=True)
-    best_curve, best_params, best_hp = min(runs, key=lambda r: r[0]["val_error"].iloc[-1])
-    rows.append(dict(method="random search", **best_hp, **_final(best_curve), test_accuracy=test_accuracy(best_params)))
-
-    table = pd.DataFrame(rows)
-    table["step_equivalents"] = [budget[mth] for mth in table["method"]]
-    table["wall_time"] = [float(curves[mth]["wall_time"].iloc[-1]) for mth in table["method"]]
-    table.insert(0, "seed", seed)
-    return table, curves, result
 
 
 def _without_compilation(wall_time: np.ndarray) -> np.ndarray:
@@ -296,12 +332,18 @@ def _final(curve: pd.DataFrame) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Results:
     """Per seed and method the final hyperparameters, validation loss and error, test accuracy, compute charged
-    and wall time (``table``); the first seed's trajectories (``curves``) and RTHO's loop result (``rtho``)."""
+    and wall time (``table``); the first seed's trajectories (``curves``) and RTHO's loop result (``rtho``); what
+    failed (``failures``, :class:`~hgkit.experiments._report.RunFailure`), whose rows the table lacks.
+
+    If RTHO diverged on the first seed, ``rtho`` is its result up to then (``rtho.stopped == "diverged"``) and
+    ``curves["RTHO"]`` its trajectory; a method that failed otherwise has no curve, and ``rtho`` may be None.
+    """
 
     config: Config
     table: pd.DataFrame
     curves: dict
     rtho: object
+    failures: tuple = ()
 
     def means(self) -> pd.DataFrame:
         """Mean and standard deviation over seeds per method."""
@@ -310,51 +352,73 @@ class Results:
 
     def summary(self) -> str:
         c = self.config
-        history = self.rtho.history
-        start = {k: float(history[k].iloc[0]) for k in HYPERPARAMETERS}
-        end = {k: float(v) for k, v in self.rtho.hparams.items()}
-        moves = ", ".join(f"{k} {start[k]:.3g} → {end[k]:.3g}" for k in HYPERPARAMETERS)
         return (
             f"{TITLE}\nMLP 784-{c.width}-10, {c.n_train} training images, minibatches of {c.batch_size}, T = {c.T}, "
             f"Δ = {c.delta}; seeds {list(c.seeds)}\n"
-            f"RTHO (seed {c.seeds[0]}): {moves}; validation loss {history['val_loss'].iloc[0]:.3f} → "
-            f"{history['val_loss'].iloc[-1]:.3f} over {len(history)} chunks\n" + markdown_table(self.means())
+            f"RTHO (seed {c.seeds[0]}): {self._rtho_moves()}\n" + markdown_table(self.means())
+        ) + failures_note(self.failures)
+
+    def _rtho_moves(self) -> str:
+        history = None if self.rtho is None else self.rtho.history
+        if history is None or not len(history):
+            return "failed before its first chunk"
+        start = {k: float(history[k].iloc[0]) for k in HYPERPARAMETERS}
+        end = {k: float(v) for k, v in self.rtho.hparams.items()}
+        moves = ", ".join(f"{k} {start[k]:.3g} → {end[k]:.3g}" for k in HYPERPARAMETERS)
+        text = (
+            f"{moves}; validation loss {history['val_loss'].iloc[0]:.3f} → {history['val_loss'].iloc[-1]:.3f} over "
+            f"{len(history)} chunks"
         )
+        return f"failed; until then {text}" if "RTHO" in failed_methods(self.failures, self.config.seeds[0]) else text
 
 
 def run(config: Config = DEFAULT, progress: bool = True) -> Results:
-    """Every method on every seed."""
+    """Every method on every seed; one that raises is recorded in ``Results.failures`` and the others go on."""
     data = load_data(config)
-    table, per_seed = over_seeds(config.seeds, lambda seed: run_one_seed(config, data, seed, progress))
-    curves, rtho = per_seed[config.seeds[0]]
-    return Results(config, table, curves, rtho)
+    failures = FailureLog()
+    table, per_seed = over_seeds(
+        config.seeds, lambda seed: run_one_seed(config, data, seed, progress, failures), failures
+    )
+    curves, rtho = per_seed.get(config.seeds[0], ({}, None))
+    return Results(config, table, curves, rtho, tuple(failures.records))
 
 
 def draw_trajectories(fig, results: Results) -> dict:
-    """RTHO's η, μ and wd against inner steps, one panel each, the fixed values dashed."""
+    """RTHO's η, μ and wd against inner steps, one panel each, the fixed values dashed (up to the divergence if
+    it diverged)."""
     from .. import plot
 
-    history = results.rtho.history
+    history = None if results.rtho is None else results.rtho.history
     axes = {}
     for ax, name in zip(fig.subplots(1, 3), HYPERPARAMETERS, strict=True):
+        axes[name] = ax
+        if history is None or not len(history):
+            mark_missing(ax, "RTHO failed before its first chunk")
+            continue
         plot.hyperparameters(ax, history, [name], x="inner_steps")
         ax.axhline(float(history[name].iloc[0]), color="0.5", linestyle="--", label="fixed")
         ax.set_title({"lr": "learning rate η", "mu": "momentum μ", "wd": "weight decay"}[name])
         if name != "mu":
             ax.set_yscale("log")
         ax.legend(fontsize="small")
-        axes[name] = ax
     return axes
 
 
 def draw_validation(fig, results: Results) -> dict:
     """Validation error against wall time and against compute charged, for the three methods (first seed).
 
-    Random search's runs are drawn one after the other; its thick line is the best validation error so far.
+    Random search's runs are drawn one after the other; its thick line is the best validation error so far. A
+    method that failed is left out, or drawn up to its divergence and labelled "failed".
     """
     axes = dict(zip(("wall_time", "step_equivalents"), fig.subplots(1, 2), strict=True))
+    failed = failed_methods(results.failures, results.config.seeds[0])
     for x, ax in axes.items():
+        if not results.curves:
+            mark_missing(ax, "every method failed")
+            continue
         for method in METHODS:
+            if method not in results.curves:
+                continue
             curve = results.curves[method]
             color = METHOD_COLORS[method]
             if method == "random search":
@@ -363,7 +427,8 @@ def draw_validation(fig, results: Results) -> dict:
                 ends = curve.groupby("run").tail(1)
                 ax.step(ends[x], ends["val_error"].cummin(), where="post", color=color, linewidth=2, label=method)
             else:
-                ax.plot(curve[x], curve["val_error"], color=color, linewidth=2, label=method)
+                label, marker = (f"{method} (failed)", "x") if method in failed else (method, None)
+                ax.plot(curve[x], curve["val_error"], color=color, linewidth=2, label=label, marker=marker)
         ax.set_xlabel("wall time (s)" if x == "wall_time" else "compute (plain inner-step equivalents)")
         ax.set_ylabel("validation error")
         ax.set_yscale("log")
@@ -378,10 +443,11 @@ def write_report(results: Results, out_dir) -> list[Path]:
 
     out_dir = Path(out_dir)
     notes = "## Mean over seeds\n\n" + markdown_table(results.means())
-    paths = write_tables(results.table, out_dir, NAME, TITLE, notes)
+    paths = write_tables(results.table, out_dir, NAME, TITLE, notes, results.failures)
     fig = plt.figure(figsize=(13, 3.8), layout="constrained")
     draw_trajectories(fig, results)
-    fig.suptitle("RTHO: hyperparameters along the single training run")
+    failed = "RTHO" in failed_methods(results.failures, results.config.seeds[0])
+    fig.suptitle("RTHO: hyperparameters along the single training run" + (" (until it failed)" if failed else ""))
     paths.append(save_figure(fig, out_dir / f"{NAME}-hyperparameters.png"))
     fig = plt.figure(figsize=(12, 4.2), layout="constrained")
     draw_validation(fig, results)

@@ -51,7 +51,17 @@ import hgkit as hg
 from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
 from ._data import mnist
 from ._models import accuracy, linear, linear_init, plain_training
-from ._report import markdown_table, mean_over_seeds, over_seeds, save_figure, write_tables
+from ._report import (
+    FailureLog,
+    failed_methods,
+    failures_note,
+    mark_missing,
+    markdown_table,
+    mean_over_seeds,
+    over_seeds,
+    save_figure,
+    write_tables,
+)
 
 NAME = "task-interactions"
 TITLE = "Learning task interactions: ten one-vs-rest MNIST tasks coupled by a learned matrix C (§5.2)"
@@ -207,44 +217,66 @@ def trained(problem, hparams, config: Config, data):
     return state.params, float(problem.val_loss(state.params, hparams, data["val"]))
 
 
-def run_one_seed(config: Config, seed: int, progress: bool):
-    """The three methods on one seed: summary rows, the learned C, and the two loop results."""
+def run_one_seed(config: Config, seed: int, progress: bool, failures: FailureLog):
+    """The three methods on one seed: summary rows, the learned C, and the two loop results.
+
+    "learned C" and "independent" each tune then train; "uniform C" only trains. None needs another's output, so a
+    method that raises is recorded in ``failures`` and has no row while the others go on; a tuned method that
+    diverged leaves its loop result up to then (``stopped == "diverged"``) for the figure, and no C.
+    """
     data = load_data(config, seed)
     problem, learning, independent_tasks = setup(config, data["train"][0].shape[1])
     pairs = TASKS * (TASKS - 1) // 2
     start = {"C": jnp.full((pairs,), config.c0, jnp.float32), "wd": jnp.asarray(config.wd0, jnp.float32)}
     zero = {"C": jnp.zeros((pairs,), jnp.float32), "wd": jnp.asarray(config.wd0, jnp.float32)}
-    learned = tune(learning, start, config, data, progress)
-    independent = tune(independent_tasks, zero, config, data, progress)
+    learned = failures.attempt(seed, "learned C", tune, learning, start, config, data, progress)
+    independent = failures.attempt(seed, "independent", tune, independent_tasks, zero, config, data, progress)
 
-    rows = []
-    for method, hp in (("independent", independent.hparams), ("uniform C", start), ("learned C", learned.hparams)):
+    def row(method, hp):
         params, val = trained(problem, hp, config, data)
         C = np.asarray(hp["C"])
-        rows.append(
-            dict(
-                seed=seed,
-                method=method,
-                wd=float(hp["wd"]),
-                C_mean=float(C.mean()),
-                C_max=float(C.max()),
-                val_loss=val,
-                **accuracies(params, *data["test"]),
-            )
+        return dict(
+            seed=seed,
+            method=method,
+            wd=float(hp["wd"]),
+            C_mean=float(C.mean()),
+            C_max=float(C.max()),
+            val_loss=val,
+            **accuracies(params, *data["test"]),
         )
-    return pd.DataFrame(rows), np.asarray(interaction_matrix(learned.hparams["C"])), learned, independent
+
+    def tuned(result):
+        return None if result is None else result.hparams
+
+    rows = []
+    for method, hp in (("independent", tuned(independent)), ("uniform C", start), ("learned C", tuned(learned))):
+        if hp is None:
+            continue  # its tuning failed, and is recorded
+        out = failures.attempt(seed, method, row, method, hp)
+        if out is not None:
+            rows.append(out)
+    C = None if learned is None else np.asarray(interaction_matrix(learned.hparams["C"]))
+    learned = learned if learned is not None else failures.partial(seed, "learned C")
+    independent = independent if independent is not None else failures.partial(seed, "independent")
+    return pd.DataFrame(rows), C, learned, independent
 
 
 @dataclasses.dataclass(frozen=True)
 class Results:
     """Per seed and method the hyperparameters' summary, the validation objective and the test accuracies
-    (``table``); the first seed's learned C (``C``, 10 × 10) and loop results (``learned``, ``independent``)."""
+    (``table``); the first seed's learned C (``C``, 10 × 10) and loop results (``learned``, ``independent``); what
+    failed (``failures``, :class:`~hgkit.experiments._report.RunFailure`), whose rows the table lacks.
+
+    If learning C failed on the first seed, ``C`` is None and ``learned`` the loop's result up to its divergence
+    (``stopped == "diverged"``) or None; the same for ``independent``.
+    """
 
     config: Config
     table: pd.DataFrame
-    C: np.ndarray
+    C: np.ndarray | None
     learned: object
     independent: object
+    failures: tuple = ()
 
     def means(self) -> pd.DataFrame:
         """Mean (and, with several seeds, standard deviation of the accuracies) over seeds per method."""
@@ -252,7 +284,9 @@ class Results:
         return mean_over_seeds(self.table, columns, spread=["test_accuracy", "test_task_accuracy"])
 
     def strongest_pairs(self, n: int = 5) -> list[tuple[int, int, float]]:
-        """The ``n`` largest learned interactions as ``(digit, digit, C_jk)``."""
+        """The ``n`` largest learned interactions as ``(digit, digit, C_jk)`` (none if learning C failed)."""
+        if self.C is None:
+            return []
         rows, cols = np.triu_indices(TASKS, k=1)
         values = self.C[rows, cols]
         order = np.argsort(-values)[:n]
@@ -260,21 +294,29 @@ class Results:
 
     def summary(self) -> str:
         c = self.config
-        pairs = ", ".join(f"{j}–{k} {v:.3f}" for j, k, v in self.strongest_pairs())
-        history = self.learned.history
         return (
             f"{TITLE}\n{c.train_per_class} training and {c.val_per_class} validation images per digit, T = {c.T}, "
             f"{c.hyper_iterations} hyper-iterations, seeds {list(c.seeds)}\n"
-            f"learned C (seed {c.seeds[0]}): validation objective {history['val_loss'].iloc[0]:.3f} → "
-            f"{history['val_loss'].iloc[-1]:.3f}; strongest pairs {pairs}\n" + markdown_table(self.means())
-        )
+            f"learned C (seed {c.seeds[0]}): {self._learned()}\n" + markdown_table(self.means())
+        ) + failures_note(self.failures)
+
+    def _learned(self) -> str:
+        history = None if self.learned is None else self.learned.history
+        if history is None or not len(history):
+            return "failed before its first hyper-iteration"
+        objective = f"validation objective {history['val_loss'].iloc[0]:.3f} → {history['val_loss'].iloc[-1]:.3f}"
+        if self.C is None:
+            return f"failed at hyper-iteration {len(history)}; until then {objective}"
+        pairs = ", ".join(f"{j}–{k} {v:.3f}" for j, k, v in self.strongest_pairs())
+        return f"{objective}; strongest pairs {pairs}"
 
 
 def run(config: Config = DEFAULT, progress: bool = True) -> Results:
-    """Every method on every seed."""
-    table, per_seed = over_seeds(config.seeds, lambda seed: run_one_seed(config, seed, progress))
-    C, learned, independent = per_seed[config.seeds[0]]
-    return Results(config, table, C, learned, independent)
+    """Every method on every seed; one that raises is recorded in ``Results.failures`` and the others go on."""
+    failures = FailureLog()
+    table, per_seed = over_seeds(config.seeds, lambda seed: run_one_seed(config, seed, progress, failures), failures)
+    C, learned, independent = per_seed.get(config.seeds[0], (None, None, None))
+    return Results(config, table, C, learned, independent, tuple(failures.records))
 
 
 def draw_interactions(ax, C: np.ndarray, cmap: str = "viridis"):
@@ -289,16 +331,29 @@ def draw_interactions(ax, C: np.ndarray, cmap: str = "viridis"):
 
 
 def draw(fig, results: Results) -> dict:
-    """The learned C as a heatmap, and the validation objective of both tuned runs against hyper-iterations."""
+    """The learned C as a heatmap, and the validation objective of both tuned runs against hyper-iterations (a run
+    that diverged up to then, labelled "failed")."""
     heat, curve = fig.subplots(1, 2, width_ratios=[1.1, 1])
-    draw_interactions(heat, results.C)
+    if results.C is None:
+        mark_missing(heat, f"learning C failed on seed {results.config.seeds[0]}")
+    else:
+        draw_interactions(heat, results.C)
     heat.set_title("learned task interactions C")
+    drawn, failed_on_first = False, failed_methods(results.failures, results.config.seeds[0])
     for method, res in (("learned C", results.learned), ("independent", results.independent)):
-        h = res.history
-        curve.plot(h["iteration"], h["val_loss"], color=METHOD_COLORS[method], label=f"{method} (wd tuned)")
+        if res is None or not len(res.history):
+            continue
+        h, failed = res.history, method in failed_on_first
+        label = f"{method} (wd tuned{', failed' if failed else ''})"
+        marker = "x" if failed else None  # a diverged run may have a single point
+        curve.plot(h["iteration"], h["val_loss"], color=METHOD_COLORS[method], label=label, marker=marker)
+        drawn = True
     curve.set_xlabel("hyper-iteration")
     curve.set_ylabel("Σ_j validation loss L_j")
-    curve.legend()
+    if drawn:
+        curve.legend()
+    else:
+        mark_missing(curve, "both tuned runs failed")
     return {"C": heat, "val_loss": curve}
 
 
@@ -307,9 +362,9 @@ def write_report(results: Results, out_dir) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    pairs = "\n".join(f"- {j} and {k}: {v:.4f}" for j, k, v in results.strongest_pairs())
+    pairs = "\n".join(f"- {j} and {k}: {v:.4f}" for j, k, v in results.strongest_pairs()) or "(none: learning C failed)"
     notes = "## Mean over seeds\n\n" + markdown_table(results.means()) + "\n\n## Strongest learned pairs\n\n" + pairs
-    paths = write_tables(results.table, out_dir, NAME, TITLE, notes)
+    paths = write_tables(results.table, out_dir, NAME, TITLE, notes, results.failures)
     fig = plt.figure(figsize=(11, 4.5), layout="constrained")
     draw(fig, results)
     paths.append(save_figure(fig, out_dir / f"{NAME}.png"))

@@ -87,6 +87,20 @@ def _changed_structure(state: TrainState, new_state: TrainState, hparams: PyTree
     )
 
 
+def _refuse_missing_key(problem: BilevelProblem, hp, e: Exception) -> None:
+    """``init`` failed with no key (``e``): if it works with one, say that ``key=`` is missing (JAX's own error,
+    "unexpected PRNG key type NoneType", names neither ``init`` nor ``key=``); else return."""
+    try:
+        jax.eval_shape(lambda h, k: initial_state(problem, h, k), hp, jax.random.key(0))
+    except Exception:
+        return  # it fails with a key too: the general message says how
+    raise TypeError(
+        "init(hparams, key) uses its key, but no key was given (key=None): pass one, e.g. key=jax.random.key(0), "
+        f"to hg.hypergradient / hg.hypergradient_result / HyperOptimizer.run. (init failed with {type(e).__name__}: "
+        f"{e})"
+    ) from e
+
+
 def check_inputs(
     problem: BilevelProblem, hparams: PyTree, T: int, train_data, val_data: PyTree, key, init_state=None
 ) -> TrainState:
@@ -97,12 +111,14 @@ def check_inputs(
     require_positive_int("T", T, "the number of training steps")
     hp = _abstract(hparams)
     if init_state is None:
-        state = _call(
-            "init(hparams, key) or optimizer.init(params, hparams)",
-            lambda h, k: initial_state(problem, h, k),
-            hp,
-            _abstract(key),
-        )
+        try:
+            state = jax.eval_shape(lambda h, k: initial_state(problem, h, k), hp, _abstract(key))
+        except MissingHyperparameterError:
+            raise
+        except Exception as e:
+            if key is None:
+                _refuse_missing_key(problem, hp, e)
+            _reraise(e, f"init(hparams, key) or optimizer.init(params, hparams) failed: {type(e).__name__}: {e}")
     else:
         state = _abstract(init_state)
     arrays = state.arrays  # the model's arrays (None at its static leaves)

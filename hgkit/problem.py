@@ -168,7 +168,11 @@ class TrainState:
         ([2.0, 2.0], True)
     """
 
-    __slots__ = ("arrays", "opt_state", "static")
+    __slots__ = {
+        "arrays": "The model's arrays, in its structure with None at the static leaves (what JAX sees).",
+        "opt_state": "The inner optimizer's state (a pytree of arrays).",
+        "static": "The model's static part, its non-array leaves, kept in the state's pytree structure.",
+    }
 
     def __init__(self, params: PyTree, opt_state: PyTree):
         self.arrays, self.static = split_model(params)

@@ -49,8 +49,8 @@ __all__ = ["AdaptiveSGDState", "adaptive_sgd"]
 class AdaptiveSGDState(NamedTuple):
     """:func:`adaptive_sgd`'s state: β and the previous hypergradient, each with the structure of the updates."""
 
-    beta: PyTree
-    previous: PyTree
+    beta: PyTree  # β, the hyper-learning rate of each leaf (the structure of the updates)
+    previous: PyTree  # the previous hypergradient (the structure of the updates)
 
 
 def adaptive_sgd(beta: float, alpha: float) -> optax.GradientTransformation:

@@ -1,5 +1,5 @@
-"""What a widget dashboard's last picture drew of each hyperparameter, read from its matplotlib figure: how the
-tests check that no trajectory is drawn flat.
+"""What a widget dashboard's last picture drew, read from its matplotlib figure: each hyperparameter's extent (how
+the tests check that no trajectory is drawn flat), the panels' scales and how many records they hold.
 
 The module needs nothing but numpy, so that the browser test can run its source in a notebook's kernel, where
 the notebook's dashboard lives (:func:`jupyterlab_browser.kernel_output`).
@@ -38,3 +38,15 @@ def drawn_extents(dashboard) -> dict:
             "scale": ax.get_yscale(),
         }
     return extents
+
+
+def drawn_scales(dashboard) -> dict:
+    """``{panel: y scale}`` of the dashboard's picture (``"hp:<name>"``, ``"grad"``, ``"loss"``), as last drawn."""
+    return {key: ax.get_yscale() for key, ax in dashboard.axes.items()}
+
+
+def drawn_points(dashboard) -> dict:
+    """``{panel: points}``: how many records each panel of the last picture holds (its longest line)."""
+    return {
+        key: max((len(line.get_xdata()) for line in ax.get_lines()), default=0) for key, ax in dashboard.axes.items()
+    }

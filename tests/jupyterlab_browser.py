@@ -69,6 +69,12 @@ def hermetic_env(root: Path) -> dict[str, str]:
     docmanager = root / "lab-user-settings" / "@jupyterlab" / "docmanager-extension"
     docmanager.mkdir(parents=True, exist_ok=True)
     (docmanager / "plugin.jupyterlab-settings").write_text(json.dumps({"autoStartDefaultKernel": True}))
+    # JupyterLab ≥ 4.4 sends widget events to a kernel subshell of its own; other frontends (and JupyterLab with
+    # this setting) send them to the main shell, busy with a running cell. Off here, so that what hgkit does for
+    # its widgets during a run (hgkit/widgets/_subshell.py) is what the tests see work.
+    kernels = root / "lab-user-settings" / "@jupyterlab" / "apputils-extension"
+    kernels.mkdir(parents=True, exist_ok=True)
+    (kernels / "kernels-settings.jupyterlab-settings").write_text(json.dumps({"commsOverSubshells": "disabled"}))
     return env
 
 
@@ -225,12 +231,15 @@ def run_cell(page, has_text: str, timeout_ms: int = 60_000, wait: bool = True) -
         raise AssertionError(f"the cell with {has_text!r} did not finish in {timeout_ms / 1000:.0f} s: {prompt()}")
 
 
-def kernel_output(url: str, root: Path, notebook: str, code: str, timeout_s: float = 120.0) -> str:
+def kernel_output(
+    url: str, root: Path, notebook: str, code: str, timeout_s: float = 120.0, beside_the_run: bool = False
+) -> str:
     """Run ``code`` in the kernel of ``notebook`` beside the page, and return what it printed (stdout).
 
     The kernel is the notebook's session's (the server's ``/api/sessions``), reached through its connection file
-    in the hermetic runtime folder; the code runs after the cells the notebook has queued, and stays out of its
-    history (its prompts keep their numbers).
+    in the hermetic runtime folder; the code stays out of the notebook's history (its prompts keep their numbers).
+    It runs after the cells the notebook has queued, or, with ``beside_the_run``, at once in a kernel subshell of
+    its own (ipykernel ≥ 7), while a cell still runs: how a test reads what a live run shows.
     """
     with urllib.request.urlopen(f"{url}/api/sessions", timeout=10) as r:
         sessions = [s for s in json.load(r) if Path(s["path"]).name == notebook]
@@ -253,7 +262,10 @@ def kernel_output(url: str, root: Path, notebook: str, code: str, timeout_s: flo
                 errors.append("\n".join(msg["content"]["traceback"]))
 
         try:
-            reply = client.execute_interactive(code, store_history=False, output_hook=collect, timeout=timeout_s)
+            if beside_the_run:
+                reply = _execute_in_subshell(client, code, collect, timeout_s)
+            else:
+                reply = client.execute_interactive(code, store_history=False, output_hook=collect, timeout=timeout_s)
         finally:
             client.stop_channels()
         if reply["content"]["status"] != "ok":
@@ -273,3 +285,40 @@ def accept_dialog(page, wait_ms: int = 1500) -> None:
     except Exception:  # no dialog: nothing to accept
         return
     page.locator(".jp-Dialog .jp-mod-accept").first.click()
+
+
+def _reply_to(get, msg_id: str, deadline: float) -> dict:
+    """The message that answers ``msg_id``, read with ``get(timeout)`` (others are dropped)."""
+    while True:
+        msg = get(timeout=max(deadline - time.monotonic(), 0.01))
+        if msg["parent_header"].get("msg_id") == msg_id:
+            return msg
+
+
+def _execute_in_subshell(client, code: str, output_hook, timeout_s: float) -> dict:
+    """Run ``code`` in a new subshell of the kernel (a thread beside its main one: JEP 91, ipykernel ≥ 7), feeding
+    its output messages to ``output_hook``; the execute reply. The subshell is deleted afterwards."""
+    deadline = time.monotonic() + timeout_s
+    request = client.session.msg("create_subshell_request", {})
+    client.control_channel.send(request)
+    created = _reply_to(client.get_control_msg, request["header"]["msg_id"], deadline)["content"]
+    if "subshell_id" not in created:
+        raise AssertionError(f"the kernel made no subshell (ipykernel ≥ 7 has them): {created}")
+    subshell = created["subshell_id"]
+    try:
+        content = dict(code=code, silent=False, store_history=False, user_expressions={}, allow_stdin=False,
+                       stop_on_error=True)  # fmt: skip
+        execute = client.session.msg("execute_request", content)
+        execute["header"]["subshell_id"] = subshell
+        client.shell_channel.send(execute)
+        msg_id = execute["header"]["msg_id"]
+        while True:  # its output, until the subshell says it is idle again
+            msg = _reply_to(client.get_iopub_msg, msg_id, deadline)
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+            output_hook(msg)
+        return _reply_to(client.get_shell_msg, msg_id, deadline)
+    finally:
+        request = client.session.msg("delete_subshell_request", {"subshell_id": subshell})
+        client.control_channel.send(request)
+        _reply_to(client.get_control_msg, request["header"]["msg_id"], time.monotonic() + 10)

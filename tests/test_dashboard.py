@@ -155,7 +155,7 @@ def test_a_run_shorter_than_announced_gets_its_final_redraw_at_the_end(clock):
 
 
 def test_slow_redraws_are_spaced_to_keep_their_share_of_time_under_max_overhead(clock, monkeypatch):
-    dash = widget_dashboard(min_interval=0.1, max_overhead=0.05)
+    dash = widget_dashboard(min_interval=0.1, max_overhead=0.05, max_interval=10.0)
     draw = dash.redraw
 
     def slow_redraw():
@@ -175,6 +175,164 @@ def test_slow_redraws_are_spaced_to_keep_their_share_of_time_under_max_overhead(
     assert dash.draws == len(drawn_at) == 3
     assert drawn_at[1] - drawn_at[0] < 2 and drawn_at[2] - drawn_at[1] >= 4
     assert values_of(dash)["hyper-iteration"] == "9 / 100"  # the values are updated at every record
+
+
+def drawn_points(dash) -> int:
+    """How many records the last picture holds (the validation loss's points)."""
+    return len(panels(dash)["loss"].get_lines()[0].get_ydata())
+
+
+def test_the_plots_catch_up_every_max_interval_seconds_and_at_the_end(clock, monkeypatch):
+    """A redraw that "takes" 1 s would wait 20 s at max_overhead 5 %: the picture would show 2 points while the
+    values say 40. The wait is capped at max_interval (3 s by default), and the end of the run is always drawn."""
+    dash = widget_dashboard(min_interval=0.5, max_overhead=0.05)
+    assert dash._pace.max_interval == 3.0
+    draw = dash.redraw
+
+    def slow_redraw():
+        draw()
+        clock.now += 1.0
+
+    monkeypatch.setattr(dash, "redraw", slow_redraw)
+    dash.on_start({**INFO, "hyper_iterations": 100})
+    drawn_at, lag = [], 0.0
+    for i in range(40):
+        before = dash.draws
+        dash.on_record(record(i))
+        if dash.draws > before:
+            drawn_at.append(clock.now)
+            assert drawn_points(dash) == i + 1  # a redraw draws every record so far
+        # what the picture shows against what the values say, in seconds of this run (0.25 s per record)
+        lag = max(lag, 0.25 * (i + 1 - drawn_points(dash)))
+        clock.now += 0.25
+    gaps = np.diff(drawn_at)
+    assert len(drawn_at) >= 4 and gaps[1:].max() <= 3.0 + 1.0 + 0.25, gaps  # the wait, the redraw, one record
+    assert lag <= 4.25, lag
+    dash.on_end(None)  # the run ended early (40 of 100): its last records are drawn
+    assert drawn_points(dash) == len(dash.records) == 40
+
+
+def test_no_time_left_once_the_run_ended_by_stop_error_or_divergence(clock):
+    def run_until_stopped(dash, stopped, stop=False):
+        dash.on_start(INFO)
+        for i in range(3):  # 0.25 s per hyper-iteration: a time left is shown from the second record on
+            clock.now += 1.0
+            dash.on_record(record(i))
+        assert "time left" in values_of(dash) and "left" in dash.status.value
+        if stop:
+            dash.stop_button.click()
+            assert "time left" not in values_of(dash)  # at once: the estimate no longer holds
+            assert dash.on_record(record(3)) is True
+            assert "time left" not in values_of(dash)
+        dash.on_end(type("Result", (), {"stopped": stopped})())
+        return dash.status.value
+
+    dash = widget_dashboard(min_interval=0)
+    status = run_until_stopped(dash, "callback", stop=True)
+    assert "reverse mode — stopped after 4 of 6 hyper-iterations (the Stop button)" in status
+    assert "left" not in status and "time left" not in values_of(dash)
+    assert values_of(dash)["hyper-iteration"] == "4 / 6"
+    status = run_until_stopped(dash, "error")
+    assert "reverse mode — ended by an error after 3 of 6 hyper-iterations" in status, status
+    assert "left" not in status and "time left" not in values_of(dash)
+    status = run_until_stopped(dash, "diverged")
+    assert "stopped after 3 of 6 hyper-iterations (diverged)" in status and "time left" not in values_of(dash)
+    status = run_until_stopped(dash, "callback")  # another callback asked to stop
+    assert "stopped after 3 of 6 hyper-iterations (stopped by a callback)" in status
+    assert "time left" not in values_of(dash)
+    # Text mode: the lines printed at the end say how it ended, with no time left.
+    out = io.StringIO()
+    text = Dashboard(mode="text", min_interval=0, file=out)
+    text.on_start(INFO)
+    for i in range(3):
+        clock.now += 1.0
+        text.on_record(record(i))
+    text.stop()
+    text.on_record(record(3))
+    text.on_end(type("Result", (), {"stopped": "callback"})())
+    *_, last_values, summary = out.getvalue().splitlines()
+    assert "left" not in last_values and summary == "[hgkit] stopped after 4 of 6 hyper-iterations (the Stop button)"
+    text.on_start(INFO)
+    text.on_record(record(0))
+    text.on_end(type("Result", (), {"stopped": "error"})())
+    assert out.getvalue().splitlines()[-1] == "[hgkit] ended by an error after 1 of 6 hyper-iterations"
+
+
+def shown_parts(dash) -> list:
+    """The widgets in the dashboard's tree, depth first (what the browser gets)."""
+    parts, todo = [], [dash.widget]
+    while todo:
+        widget = todo.pop()
+        parts.append(widget)
+        todo.extend(getattr(widget, "children", ()))
+    return parts
+
+
+def test_a_placeholder_stands_for_the_picture_until_the_first_figure_exists():
+    """An ipywidgets Image with no value shows as a broken image: it is not in the box until a figure exists."""
+    dash = widget_dashboard(min_interval=0)
+    assert dash.image not in shown_parts(dash) and dash.placeholder in shown_parts(dash)
+    dash.on_start(INFO)  # compiling the first hyper-iteration
+    assert dash.image not in shown_parts(dash) and dash.placeholder in shown_parts(dash)
+    assert "after the first hyper-iteration" in dash.placeholder.value
+    dash.on_record(record(0))
+    assert dash.image in shown_parts(dash) and dash.placeholder not in shown_parts(dash)
+    assert dash.image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    dash.on_end(None)
+    dash.on_start(INFO)  # a new run: the last run's picture is not this one's
+    assert dash.image not in shown_parts(dash) and dash.placeholder in shown_parts(dash)
+    dash.on_end(type("Result", (), {"stopped": "error"})())  # it failed before its first hyper-iteration
+    assert dash.image not in shown_parts(dash) and "nothing to draw" in dash.placeholder.value
+    assert "ended by an error after 0 of 6" in dash.status.value
+
+
+def test_nothing_is_written_on_the_data_and_log_axes_have_labels_to_read_off(clock):
+    """Names as y labels in the margin, legends above their axes (not on a spike), and every log axis with at
+    least three labelled ticks, also within one decade."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    dash = Dashboard(mode="widget", min_interval=0)  # the notebook's picture size
+    dash.on_start({**WIDE, "log_scale": ["lr"]})
+    for i in range(N):
+        dash.on_record(wide_run(i))
+    renderer = FigureCanvasAgg(dash.figure).get_renderer()
+    dash.figure.draw(renderer)
+    ax = panels(dash)
+    for name in ("lr", "wd", "mu", "ex_w"):
+        axes = ax[f"hp:{name}"]
+        assert not axes.texts and axes.get_legend() is None, name
+        assert axes.get_ylabel() == name + (" (log)" if axes.get_yscale() == "log" else ""), name
+        box = axes.yaxis.label.get_window_extent(renderer)
+        assert box.x1 <= axes.get_window_extent(renderer).x0, name  # in the margin, left of the axes
+    assert "median, 10–90 %, min–max" in next(t.get_text() for t in dash.figure.texts)
+    for panel in ("grad", "loss"):
+        legend = ax[panel].get_legend().get_window_extent(renderer)
+        frame = ax[panel].get_window_extent(renderer)
+        assert legend.y0 >= frame.y1 - 1, panel  # above the axes
+        assert legend.y1 <= dash.figure.bbox.height, panel  # and inside the picture
+    for name in ("lr", "wd"):  # lr spans 30 %, within a decade; wd two decades
+        axes = ax[f"hp:{name}"]
+        low, high = axes.get_ylim()
+        labelled = [t for t in axes.get_yticklabels() if t.get_text() and low <= t.get_position()[1] <= high]
+        assert len(labelled) >= 3, (name, [t.get_text() for t in labelled])
+
+
+def test_an_online_run_counted_in_inner_steps(clock):
+    """With x="inner_steps" the progress counts inner steps, as the x axis does (an online method's run: one
+    training run in chunks of Δ steps)."""
+    dash = widget_dashboard(min_interval=0, x="inner_steps")
+    dash.on_start({**INFO, "method": "RTHO (Δ = 20)"})
+    for i in range(3):
+        dash.on_record(record(i))  # 20 inner steps each
+    assert values_of(dash)["inner step"] == "60 / 120"
+    assert panels(dash)["loss"].get_xlabel() == "inner training steps"
+    dash.on_end(None)
+    assert dash.status.value.startswith("RTHO (Δ = 20) — finished: 60 inner steps")
+    out = io.StringIO()
+    text = Dashboard(mode="text", min_interval=0, x="inner_steps", file=out)
+    text.on_start(INFO)
+    text.on_record(record(0))
+    assert out.getvalue().splitlines()[-1].startswith("[hgkit] 20/120 inner steps  val_loss 2")
 
 
 def test_stop_button_click_makes_on_record_return_true():
@@ -230,8 +388,9 @@ def test_status_says_compiling_then_the_time_left_then_how_it_ended(clock):
     assert dash.status.value == "running: reverse mode; about 1 s left"
     assert values_of(dash)["time left"] == "≈ 1 s"
     dash.on_end(None)
-    assert dash.status.value.startswith("stopped after 3 of 6 hyper-iterations (stopped by a callback)") is False
-    assert dash.status.value.startswith("finished: 3 hyper-iterations")
+    assert "stopped after" not in dash.status.value
+    assert dash.status.value.startswith("reverse mode — finished: 3 hyper-iterations")
+    assert "time left" not in values_of(dash)
 
 
 def wide_run(i):
@@ -276,18 +435,17 @@ def test_every_hyperparameter_is_drawn_legibly_on_its_own_axes(clock):
         assert 0 <= left < right <= dash.figure.bbox.width and 0 <= top < bottom <= dash.figure.bbox.height
     bands = [band.get_paths()[0].vertices[:, 1] for band in ax["hp:ex_w"].collections]
     assert [round(float(b.max() - b.min()), 6) for b in bands] == [0.6, 0.8]  # 10–90 % and min–max at the end
-    # Switching the scale during the run applies from the next redraw.
-    dash2 = Dashboard(mode="widget", min_interval=0, figsize=(6.0, 2.0), dpi=40)
+    # Switching the scale during the run redraws at once (in a kernel the click is handled beside the run).
+    dash2 = Dashboard(mode="widget", min_interval=10, figsize=(6.0, 2.0), dpi=40)
     dash2.on_start(WIDE)
     dash2.on_record(wide_run(0))
-    dash2.on_record(wide_run(1))
-    assert panels(dash2)["hp:mu"].get_yscale() == "linear"
+    dash2.on_record(wide_run(1))  # not drawn: within min_interval
+    assert panels(dash2)["hp:mu"].get_yscale() == "linear" and dash2.draws == 1
     dash2.scales["hp"].value = "log"
-    assert dash2.draws == 2  # during the run the choice waits for the next record
-    dash2.on_record(wide_run(2))
+    assert dash2.draws == 2 and dash2._running
     assert all(panels(dash2)[f"hp:{n}"].get_yscale() == "log" for n in ("lr", "wd", "mu", "ex_w"))
+    assert len(panels(dash2)["loss"].get_lines()[0].get_ydata()) == 2  # with every record so far
     dash2.scales["hp"].value = "linear"
-    dash2.on_record(wide_run(3))
     assert panels(dash2)["hp:wd"].get_yscale() == "linear"
 
 
@@ -445,6 +603,22 @@ def test_clicking_stop_during_a_real_run_ends_it_after_that_hyper_iteration(opti
     assert dash.stop_button.description == "Stopped" and dash.stop_button.disabled
 
 
+def test_a_real_run_ended_by_an_error_says_so_with_no_time_left(optimizer):
+    """The loop calls on_end(result) also when an exception ends the run (result.stopped == "error")."""
+    opt, hparams, run_args = optimizer
+    dash = widget_dashboard(min_interval=0)
+
+    def fail_at_iteration_3(record):
+        if record["iteration"] == 3:
+            raise RuntimeError("a callback failed")
+
+    with pytest.raises(RuntimeError, match="a callback failed"):
+        opt.run(hparams, hyper_iterations=10, callbacks=[dash, fail_at_iteration_3], **run_args)
+    assert "reverse mode — ended by an error after 4 of 10 hyper-iterations" in dash.status.value, dash.status.value
+    assert "left" not in dash.status.value and "time left" not in values_of(dash)
+    assert len(panels(dash)["loss"].get_lines()[0].get_ydata()) == len(dash.records) == 4  # drawn to the end
+
+
 def test_a_real_run_is_shown_as_its_history(optimizer):
     opt, hparams, run_args = optimizer
     dash = Dashboard(mode="widget")
@@ -480,7 +654,7 @@ def test_a_real_run_with_log_constrained_hyperparameters_draws_them_on_a_log_axi
     assert result.history.attrs["log_scale"] == ["wd"] and dash.info.log_scale == ("wd",)
     assert panels(dash)["hp:wd"].get_yscale() == "log" and panels(dash)["hp:lr"].get_yscale() == "linear"
     assert dash.info.method == "reverse mode"  # the label, not the method's repr
-    assert dash.status.value.startswith("finished: 4 hyper-iterations")
+    assert dash.status.value.startswith("reverse mode — finished: 4 hyper-iterations")
 
 
 def test_a_real_run_in_text_mode(optimizer):

@@ -13,8 +13,24 @@ from hgkit.experiments import lr_schedules as ls
 
 
 @pytest.fixture(scope="module")
-def results():
-    return ls.run(ls.SMOKE, progress=False)
+def run_and_phases():
+    """The SMOKE run, and what its progress bar said, run by run (recorded beside the bar, which is off here)."""
+    phases = []
+    real = ls.Progress.run
+
+    def recording(self, what, seed=None):
+        phases.append(what)
+        return real(self, what, seed)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ls.Progress, "run", recording)
+        results = ls.run(ls.SMOKE, progress=False)
+    return results, phases
+
+
+@pytest.fixture(scope="module")
+def results(run_and_phases):
+    return run_and_phases[0]
 
 
 def test_every_method_has_a_row_with_its_compute_and_metrics(results):
@@ -109,3 +125,54 @@ def test_config_refuses_bad_settings():
     ]:
         with pytest.raises(ValueError, match=match):
             dataclasses.replace(ls.SMOKE, **kwargs)
+
+
+def test_the_progress_bar_names_every_training_run_as_it_goes(run_and_phases):
+    """Not only the online runs (which a dashboard shows): the grid and cosine decay before them and random search
+    after them say what runs, so that no phase of the run passes without a sign of progress."""
+    results, phases = run_and_phases
+    c = results.config
+    best = results.table.set_index("method").loc["fixed", "lr_start"]
+    draws = results.draws["lr"].tolist()
+    assert phases == [
+        *(f"training the fixed-η grid, η = {lr:g} ({k + 1} of {len(c.grid)})" for k, lr in enumerate(c.grid)),
+        f"training with cosine decay from η = {best:g}",
+        *(f"{m}, an online schedule ({k + 1} of 3)" for k, m in enumerate(ls.ONLINE)),
+        *(f"random search, η = {lr:.3g} ({k + 1} of {len(draws)})" for k, lr in enumerate(draws)),
+    ]
+    bar = ls.Progress(c, enabled=False)
+    assert bar.bar.total == len(phases)  # the bar's total is the runs it will see
+    swept = ls.Progress(dataclasses.replace(c, sweep=(0.1, 1.0, 10.0)), enabled=False)
+    assert swept.bar.total == len(phases) + 2 * len(ls.ONLINE)
+
+
+def test_a_notebook_shows_rendered_tables_with_readable_learning_rates(results):
+    markdown = results._repr_markdown_()
+    assert markdown.startswith(f"**{ls.TITLE}**\n\n")
+    assert "\n\n| method | test_accuracy |" in markdown  # a table Markdown renders: blank line before it
+    assert "Not run: `config.sweep` has the factor 1 alone" in markdown  # SMOKE's sweep is (1.0,)
+    assert repr(results) == results.summary()  # printed short, not the dataclass's fields
+    html = ls.styled(results.table).to_html()
+    table = results.table.set_index("method")
+    cosine_end = table.loc["cosine", "lr_end"]  # cosine decay ends near 0: 2.06e-05 in pandas' own format
+    assert ls._eta(cosine_end) in html and "e-0" not in ls._eta(cosine_end)
+    assert "e+" not in html and ">nan<" not in html  # no float column in scientific notation; NaN as a dash
+    assert ls._eta(3e-3) == "0.003" and ls._eta(2.0625e-5) == "2.06e-5" and ls._eta(float("nan")) == "–"
+    assert f"{table.loc['fixed', 'wall_time']:.1f} s" in html
+
+
+def test_figures_keep_their_legends_off_the_curves(results):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    axes = ls.draw_schedules(fig, results)
+    FigureCanvasAgg(fig).draw()
+    legend = axes["val_loss"].get_legend().get_window_extent()
+    assert legend.x0 >= axes["val_loss"].get_window_extent().x1  # at the right of the panels
+    assert axes["lr"].get_legend() is None
+    # With one factor on β, the sensitivity panels say there is nothing to compare instead of one point each.
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
+    axes = ls.draw_sensitivity(fig, results)
+    for ax in axes.values():
+        assert not ax.get_lines() and "one factor on β only" in ax.texts[0].get_text()

@@ -215,6 +215,59 @@ def test_a_log_axis_within_one_decade_has_short_tick_labels_and_iteration_axes_i
     assert list(one.get_xticks()) == [-1, 0, 1]
 
 
+def test_legends_sit_beside_the_axes_off_the_data():
+    """A legend inside the axes hides data ("best" cannot dodge a spike of the hypergradient norm that reaches
+    every corner): the panels put theirs outside, at the right, which a constrained layout makes room for."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    norms = [10.0, 0.01, 8.0, 0.02, 9.0, 0.01]  # spikes down and up across the whole axes
+    h = pd.DataFrame({"iteration": range(6), "val_loss": [1.0, 0.1, 0.9, 0.1, 0.8, 0.1],
+                      "train_loss": [0.9, 0.2, 0.8, 0.2, 0.7, 0.2], "grad_norm": norms, "grad_norm.lr": norms,
+                      "grad_norm.wd": norms, "lr": [0.1] * 6, "wd": [0.01] * 6})  # fmt: skip
+    h.attrs.update(hyperparameters=["lr", "wd"], scalars=["lr", "wd"], vectors=[], objectives=["val_loss"])
+    fig = Figure(figsize=(9, 3), dpi=72, layout="constrained")
+    grad, loss, both = fig.subplots(1, 3)
+    plot.grad_norms(grad, h)
+    plot.losses(loss, h)
+    plot.hyperparameters(both, h, ["lr", "wd"])
+    FigureCanvasAgg(fig).draw()
+    for ax in (grad, loss, both):
+        legend, frame = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert legend.x0 >= frame.x1 and legend.x1 <= fig.bbox.width, (legend, frame)  # beside, and in the picture
+    # The overview puts them above its panels, in place of titles, in as many columns as fit.
+    fig, axes = plot.overview(h, fig=Figure(figsize=(9, 5), dpi=72, layout="constrained"))
+    FigureCanvasAgg(fig).draw()
+    for panel in ("grad_norm", "loss"):
+        legend, frame = axes[panel].get_legend().get_window_extent(), axes[panel].get_window_extent()
+        assert legend.y0 >= frame.y1 - 1 and legend.y1 <= fig.bbox.height, panel
+        assert legend.x1 <= frame.x1 + 1 and not axes[panel].get_title(), panel  # as wide as its axes at most
+
+
+@pytest.mark.parametrize(
+    "low, high, at_least",
+    [(0.05, 0.094, 4), (6e-4, 1e-3, 3), (0.081, 0.087, 3), (0.02, 0.3, 3), (1e-4, 1e-2, 3), (1e-9, 1e3, 3)],
+)
+def test_a_log_axis_carries_labels_enough_to_read_a_value_off(low, high, at_least):
+    """matplotlib labels decades only: an axis from 0.05 to 0.094 showed one or two labels. Here: round values
+    within a decade, mantissas (1, 2, 5, …) across a few, every k-th decade across many; all short numbers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    h = pd.DataFrame({"iteration": range(2), "lr": [low, high], "grad_norm.lr": [1.0, 1.0]})
+    h.attrs.update(hyperparameters=["lr"], scalars=["lr"], vectors=[])
+    fig = Figure(figsize=(4, 1.2), dpi=72)  # small axes, as the dashboard's: about 60 pixels high
+    ax = fig.add_axes((0.2, 0.15, 0.75, 0.7))
+    plot.hyperparameters(ax, h, ["lr"], scale="log")
+    ax.set_ylim(low, high)
+    FigureCanvasAgg(fig).draw()
+    labels = [
+        t for t in ax.get_yticklabels() if t.get_text() and low * (1 - 1e-9) <= t.get_position()[1] <= high * (1 + 1e-9)
+    ]
+    assert len(labels) >= at_least, [t.get_text() for t in labels]
+    assert all(len(t.get_text()) <= 6 and float(t.get_text()) > 0 for t in labels), [t.get_text() for t in labels]
+    boxes = [t.get_window_extent() for t in labels]  # and they do not run into each other
+    assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:], strict=False))
+
+
 @pytest.mark.parametrize("x,label", [("inner_steps", "inner training steps"), ("wall_time", "wall time (s)")])
 def test_curves_against_inner_steps_or_wall_time(run, ax, x, label):
     h = run.history

@@ -9,11 +9,14 @@ Stack: Sphinx with the furo theme, MyST Markdown for the written pages, MyST-NB 
 autosummary + napoleon (the docstrings are Google style: Args / Returns / Example) for the API reference, which
 ``_ext/hgkit_docs.py`` generates from the modules' ``__all__``.
 
-**The notebooks are rendered, not executed** (``nb_execution_mode = "off"``): they are stored without outputs, the
-test suite already runs each of them in a real kernel (``tests/test_notebooks.py``) and executing them all here,
-even at smoke size, would take minutes on 2 CPU cores for a build that otherwise takes well under a minute. Set
-``HGKIT_DOCS_EXECUTE=1`` to execute them during the build at smoke size (``HGKIT_SMOKE=1``; outputs are cached in
-the build folder's ``.jupyter_cache``); the pages say how to run them at full size.
+**The notebooks are shown with their outputs, not executed here**: the pages are ``docs/site/notebooks/*.ipynb``,
+copies of ``notebooks/*.ipynb`` with the outputs of a run at their default size, written by
+``bash docs/refresh_notebooks.sh`` (which re-runs only those whose code changed); ``nb_execution_mode = "off"``.
+``tests/test_docs.py`` checks that each copy's cells are its notebook's, so a copy cannot drift silently, and the
+test suite, which already runs every notebook (``tests/test_notebooks.py``), does not run them again here.
+
+**Maths without network**: ``sphinx-mathjax-offline`` puts MathJax 3 in the site's ``_static/mathjax`` and points
+``sphinx.ext.mathjax`` at it (by default MathJax comes from a CDN, so pages opened offline showed raw TeX).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax from the site itself (_static/mathjax), not from a CDN
     "myst_nb",  # MyST Markdown pages and the notebooks (it loads myst_parser)
     "hgkit_docs",
 ]
@@ -72,19 +76,14 @@ napoleon_use_ivar = True
 # --- Markdown and notebooks -----------------------------------------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist", "attrs_inline"]
 myst_heading_anchors = 3
-nb_execution_mode = "off"
-if os.environ.get("HGKIT_DOCS_EXECUTE") == "1":
-    os.environ["HGKIT_SMOKE"] = "1"  # the kernel inherits it: each notebook sizes itself on it
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    nb_execution_mode = "cache"
-    nb_execution_timeout = 600
-    nb_execution_raise_on_error = True
+nb_execution_mode = "off"  # docs/site/notebooks/ holds them executed (docs/refresh_notebooks.sh)
 nb_merge_streams = True
 
 # --- HTML -----------------------------------------------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"hgkit {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["hgkit.css"]  # long code lines wrap; wide outputs scroll; the notebooks' static widgets
 html_theme_options = {
     "source_repository": "",
     "navigation_with_keys": True,

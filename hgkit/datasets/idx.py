@@ -67,10 +67,10 @@ class ChecksumError(ValueError):
 class TrainTestArrays(NamedTuple):
     """A data set as its four arrays, in the layout of ``mnist.npz``: images (n, 28, 28) uint8, labels (n,) uint8."""
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_train: np.ndarray  # (n_train, 28, 28) uint8: the training images
+    y_train: np.ndarray  # (n_train,) uint8: their labels
+    x_test: np.ndarray  # (n_test, 28, 28) uint8: the test images
+    y_test: np.ndarray  # (n_test,) uint8: their labels
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:

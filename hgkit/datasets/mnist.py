@@ -30,12 +30,12 @@ N_TRAIN = N_VAL = 5000
 class Split(NamedTuple):
     """A train / validation / test split, inputs as rows (MNIST: images as rows of floats in [0, 1], int32 labels)."""
 
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_train: np.ndarray  # (n_train, d): the training inputs, one per row
+    y_train: np.ndarray  # (n_train,): their labels (or targets)
+    x_val: np.ndarray  # (n_val, d): the validation inputs
+    y_val: np.ndarray  # (n_val,): their labels
+    x_test: np.ndarray  # (n_test, d): the test inputs
+    y_test: np.ndarray  # (n_test,): their labels
 
 
 def make_hyper_cleaning_split(x_train, y_train, x_test, y_test, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:

@@ -37,25 +37,25 @@ from .mnist import Split, corrupt_labels
 class LinearRegressionData(NamedTuple):
     """The split, the true weights ``w`` (n_features,) and the noise scale ``σ`` of ``y = x w + σ ε``."""
 
-    split: Split
-    weights: np.ndarray
-    noise: float
+    split: Split  # the train / validation / test split
+    weights: np.ndarray  # (n_features,): the true weights w
+    noise: float  # σ, the noise scale
 
 
 class BlobsData(NamedTuple):
     """The split, the class centres (num_classes, n_features), and the mask of flipped training labels."""
 
-    split: Split
-    centers: np.ndarray
-    flipped: np.ndarray
+    split: Split  # the train / validation / test split
+    centers: np.ndarray  # (num_classes, n_features): the class centres
+    flipped: np.ndarray  # (n_train,) bool: which training labels were flipped
 
 
 class CurveData(NamedTuple):
     """The split (x as (n, 1) columns, y as (n,)) and the noiseless curve on an evenly spaced grid, for plots."""
 
-    split: Split
-    x_grid: np.ndarray
-    y_grid: np.ndarray
+    split: Split  # the train / validation / test split (x as (n, 1) columns, y as (n,))
+    x_grid: np.ndarray  # an evenly spaced grid of inputs, for plots
+    y_grid: np.ndarray  # the noiseless curve on that grid
 
 
 def _streams(seed, fn: str, n: int) -> list[np.random.Generator]:

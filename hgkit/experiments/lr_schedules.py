@@ -31,7 +31,9 @@ multiplied by each of ``sweep`` (the factor 1 is the main run); the final valida
 the factor.
 
 This module owns the experiment's config, problem, methods and report (``lr-schedules.md``, ``.csv``,
-``lr-schedules-schedules.png``, ``lr-schedules-sensitivity.png``).
+``lr-schedules-schedules.png``, ``lr-schedules-sensitivity.png``). While it runs, one progress bar (tqdm) counts its
+training runs and names the one in flight (``training the fixed-η grid, η = 0.1 (3 of 4)``); in a notebook the
+results show as Markdown tables (``Results`` displays itself) and :func:`styled` formats a table of them.
 
 Example:
     >>> from hgkit.experiments import lr_schedules as ls
@@ -43,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -322,6 +325,14 @@ def online_row(result, data) -> tuple[dict, pd.DataFrame]:
     return info, curve
 
 
+def random_search_draws(config: Config, seed: int) -> list[float]:
+    """Random search's η on ``seed``: as many draws as whole runs of T fit in the most expensive other method's
+    compute."""
+    cost = step_equivalents(config)
+    return sample_lrs(config, random_search_runs({k: v for k, v in cost.items() if k != "random search"}, config.T),
+                      seed)  # fmt: skip
+
+
 def sample_lrs(config: Config, n: int, seed: int) -> list[float]:
     """``n`` random-search draws of η, log-uniform in ``lr_range``."""
     rng = np.random.default_rng([seed, 3])
@@ -329,14 +340,49 @@ def sample_lrs(config: Config, n: int, seed: int) -> list[float]:
     return [float(np.exp(v)) for v in rng.uniform(lo, hi, size=n)]
 
 
-def run_one_seed(config: Config, data, seed: int, progress: bool, failures: FailureLog, callbacks=()):
+class Progress:
+    """One progress bar (``tqdm.auto``: a widget in a notebook) over the experiment's training runs, its description
+    the run in flight, so that the plain runs before and after the online ones (which a live dashboard shows) are
+    seen too; ``enabled=False`` shows nothing."""
+
+    def __init__(self, config: Config, enabled: bool = True):
+        from tqdm.auto import tqdm  # here: importing the module draws nothing
+
+        self.config = config
+        total = len(config.seeds) * (len(config.grid) + 1 + len(ONLINE) + len(random_search_draws(config, 0)))
+        total += len(ONLINE) * (len(config.sweep) - 1)
+        self.bar = tqdm(total=total, disable=not enabled, unit="run", desc="loading the data")
+
+    @contextlib.contextmanager
+    def run(self, what: str, seed: int | None = None):
+        """Around one training run: the bar says ``what`` runs (and on which seed, when there are several)."""
+        several = seed is not None and len(self.config.seeds) > 1
+        self.bar.set_description_str(f"seed {seed}: {what}" if several else what)
+        try:
+            yield
+        finally:
+            self.bar.update(1)
+
+    def skip(self) -> None:
+        """A run that is not made (one it needs failed)."""
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.set_description_str("done")
+        self.bar.close()
+
+
+def run_one_seed(
+    config: Config, data, seed: int, progress: bool, failures: FailureLog, callbacks=(), bar: Progress | None = None
+):
     """Every method on one seed: the table's rows, the schedules (one DataFrame per method), the online loops'
-    results and random search's draws.
+    results and random search's draws. ``progress``: the online loops' own bars; ``bar``: the experiment's.
 
     A method that raises is recorded in ``failures`` and has no row; the others go on, except cosine, which starts
     from the grid's best η and is not run when "fixed" failed. An online method that diverges is not a failure but
     a result: its row has ``diverged`` set and NaN metrics.
     """
+    bar = bar or Progress(config, enabled=False)
     problems, batch = make_problems(config, data, seed)
     key = jax.random.PRNGKey(seed)
     cost = step_equivalents(config)
@@ -347,8 +393,9 @@ def run_one_seed(config: Config, data, seed: int, progress: bool, failures: Fail
 
     def grid():  # fixed: the best constant η of the grid by validation error.
         runs = []
-        for lr in config.grid:
-            params, curve, wall = train_plain(problems["plain"], batch, lr, config, data, key)
+        for k, lr in enumerate(config.grid):
+            with bar.run(f"training the fixed-η grid, η = {lr:g} ({k + 1} of {len(config.grid)})", seed):
+                params, curve, wall = train_plain(problems["plain"], batch, lr, config, data, key)
             runs.append((final_metrics(params, data), curve, wall, lr))
         best = min(runs, key=lambda g: (np.nan_to_num(g[0]["val_error"], nan=1.0), g[3]))
         return best, sum(g[2] for g in runs)
@@ -360,10 +407,12 @@ def run_one_seed(config: Config, data, seed: int, progress: bool, failures: Fail
             diverged=False)  # fmt: skip
 
     def cosine_decay():  # from the grid's best.
-        params, curve, wall = train_plain(problems["plain"], batch, best_lr, config, data, key, decay=1.0)
+        with bar.run(f"training with cosine decay from η = {best_lr:g}", seed):
+            params, curve, wall = train_plain(problems["plain"], batch, best_lr, config, data, key, decay=1.0)
         return final_metrics(params, data), curve, wall
 
     if fixed is None:
+        bar.skip()
         failures.not_run(seed, "cosine", "it starts from the grid's best η, and fixed failed")
     else:
         out = failures.attempt(seed, "cosine", cosine_decay)
@@ -376,18 +425,19 @@ def run_one_seed(config: Config, data, seed: int, progress: bool, failures: Fail
         result = run_online(problems["online"], batch, rt, tx, config, data, key, progress, callbacks)
         return result, *online_row(result, data)
 
-    for method, (rt, tx, beta) in online_settings(config).items():
-        out = failures.attempt(seed, method, online, rt, tx)
+    for k, (method, (rt, tx, beta)) in enumerate(online_settings(config).items()):
+        with bar.run(f"{method}, an online schedule ({k + 1} of {len(ONLINE)})", seed):
+            out = failures.attempt(seed, method, online, rt, tx)
         if out is not None:
             results[method], info, curves[method] = out
             row(method, lr_start=info.pop("lr_start"), lr_end=info.pop("lr_end"), beta=beta, **info)
 
     def random_search():  # on the most expensive method's compute.
-        draws = sample_lrs(config, random_search_runs({k: v for k, v in cost.items() if k != "random search"},
-                                                      config.T), seed)  # fmt: skip
+        draws = random_search_draws(config, seed)
         runs = []
-        for lr in draws:
-            params, curve, wall = train_plain(problems["plain"], batch, lr, config, data, key)
+        for k, lr in enumerate(draws):
+            with bar.run(f"random search, η = {lr:.3g} ({k + 1} of {len(draws)})", seed):
+                params, curve, wall = train_plain(problems["plain"], batch, lr, config, data, key)
             runs.append((final_metrics(params, data), curve, wall, lr))
         return runs
 
@@ -408,10 +458,14 @@ DRAW_COLUMNS = ["seed", "lr", "val_loss", "val_error", "test_accuracy"]
 SWEEP_COLUMNS = ["method", "factor", "beta", "lr_end", "val_accuracy", "test_accuracy", "diverged"]
 
 
-def sensitivity(config: Config, data, main: pd.DataFrame, progress: bool, failures: FailureLog) -> pd.DataFrame:
+def sensitivity(
+    config: Config, data, main: pd.DataFrame, progress: bool, failures: FailureLog, bar: Progress | None = None
+) -> pd.DataFrame:
     """The online methods on the first seed with β (β_0) × each factor of ``config.sweep``; factor 1 is taken
     from the main table (the same run). A run that raises is recorded in ``failures`` as ``"<method> ×<factor>"``
-    and has no row, as has factor 1 of a method whose main run failed."""
+    and has no row, as has factor 1 of a method whose main run failed. ``bar``: the experiment's progress bar."""
+    bar = bar or Progress(config, enabled=False)
+    swept_runs = len(ONLINE) * (len(config.sweep) - 1)
     seed = config.seeds[0]
     problems, batch = make_problems(config, data, seed)
     key = jax.random.PRNGKey(seed)
@@ -421,10 +475,13 @@ def sensitivity(config: Config, data, main: pd.DataFrame, progress: bool, failur
     def swept(rt, tx):
         return online_row(run_online(problems["online"], batch, rt, tx, config, data, key, progress), data)[0]
 
+    done = 0
     for factor in config.sweep:
         for method, (rt, tx, beta) in online_settings(config, factor).items():
             if factor != 1.0:
-                info = failures.attempt(seed, f"{method} ×{factor:g}", swept, rt, tx)
+                done += 1
+                with bar.run(f"sensitivity: {method} with β × {factor:g} ({done} of {swept_runs})"):
+                    info = failures.attempt(seed, f"{method} ×{factor:g}", swept, rt, tx)
             elif method in first.index:
                 info = first.loc[method]
                 info = dict(val_loss=info.val_loss, val_error=info.val_error, test_accuracy=info.test_accuracy,
@@ -484,42 +541,99 @@ class Results:
         return picked[DRAW_COLUMNS].reset_index(drop=True)
 
     def summary(self) -> str:
+        return self._summary(markdown=False)
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_markdown_(self) -> str:
+        """The summary as a notebook shows it: rendered tables, not their Markdown source."""
+        return self._summary(markdown=True)
+
+    def _summary(self, markdown: bool) -> str:
+        """The settings and the tables: as text for a terminal (Markdown tables under plain headings), or as Markdown
+        to render (bold headings, blank lines around the tables, a sweep of the factor 1 alone said not run)."""
         c = self.config
-        return (
-            f"{TITLE}\nMLP 784-{c.width}-10, momentum {c.momentum}, {c.n_train} training images, minibatches of "
+        settings = (
+            f"MLP 784-{c.width}-10, momentum {c.momentum}, {c.n_train} training images, minibatches of "
             f"{c.batch_size}, T = {c.T}; online methods from η = {c.lr}, E on {c.n_hyper} validation images, "
-            f"RTHO and MARTHE Δ = {c.delta}; seeds {list(c.seeds)}\n"
+            f"RTHO and MARTHE Δ = {c.delta}; seeds {list(c.seeds)}"
+        )
+        sweep = markdown_table(self.sweep)
+        if markdown and len(c.sweep) < 2:
+            sweep = "Not run: `config.sweep` has the factor 1 alone (the main runs, in the table above)."
+
+        def section(heading: str) -> str:
+            return f"\n\n**{heading}**\n\n" if markdown else f"\n\n{heading}:\n"
+
+        head = f"**{TITLE}**\n\n{settings}\n\n" if markdown else f"{TITLE}\n{settings}\n"
+        return (
+            head
             + markdown_table(self.means())
-            + "\n\nRandom search picked by validation cross-entropy instead of error:\n"
+            + section("Random search picked by validation cross-entropy instead of error")
             + markdown_table(self.by_loss())
-            + "\n\nSensitivity to the hyper-learning rate (first seed):\n"
-            + markdown_table(self.sweep)
+            + section("Sensitivity to the hyper-learning rate (first seed)")
+            + sweep
             + failures_note(self.failures)
         )
 
 
 def _pm(values, digits: int, fmt: str = "f") -> str:
-    """``mean ± std`` (sample standard deviation) over seeds, or the value alone for one seed."""
+    """``mean ± std`` (sample standard deviation) over seeds, or the value alone for one seed; short exponents
+    (``2.06e-5``)."""
     values = np.asarray(values, float)
-    if len(values) == 1:
-        return f"{values[0]:.{digits}{fmt}}"
-    return f"{values.mean():.{digits}{fmt}} ± {values.std(ddof=1):.{digits}{fmt}}"
+    text = f"{values[0]:.{digits}{fmt}}"
+    if len(values) > 1:
+        text = f"{values.mean():.{digits}{fmt}} ± {values.std(ddof=1):.{digits}{fmt}}"
+    return text.replace("e-0", "e-").replace("e+0", "e+")
 
 
 def run(config: Config = DEFAULT, progress: bool = True, callbacks=()) -> Results:
     """Every method on every seed, then the sensitivity sweep on the first seed. ``callbacks`` go to the online
     methods' loops (e.g. a live :class:`hgkit.widgets.Dashboard`). A method that raises is recorded in
-    ``Results.failures`` and the others go on."""
-    data = load_data(config)
-    failures = FailureLog()
-    table, per_seed = over_seeds(
-        config.seeds, lambda seed: run_one_seed(config, data, seed, progress, failures, callbacks), failures
-    )
-    draws = [rest[2] for rest in per_seed.values() if len(rest[2])]
-    draws = pd.concat(draws, ignore_index=True) if draws else pd.DataFrame(columns=DRAW_COLUMNS)
-    curves, online, _ = per_seed.get(config.seeds[0], ({}, {}, None))
-    sweep = sensitivity(config, data, table, progress, failures)
+    ``Results.failures`` and the others go on.
+
+    ``progress``: a progress bar over the training runs that names the one in flight (:class:`Progress`), and each
+    online run's own bar of chunks, unless ``callbacks`` are given (a dashboard shows those runs instead)."""
+    bar = Progress(config, enabled=progress)
+    loops = progress and not callbacks
+    try:
+        data = load_data(config)
+        failures = FailureLog()
+        table, per_seed = over_seeds(
+            config.seeds, lambda seed: run_one_seed(config, data, seed, loops, failures, callbacks, bar), failures
+        )
+        draws = [rest[2] for rest in per_seed.values() if len(rest[2])]
+        draws = pd.concat(draws, ignore_index=True) if draws else pd.DataFrame(columns=DRAW_COLUMNS)
+        curves, online, _ = per_seed.get(config.seeds[0], ({}, {}, None))
+        sweep = sensitivity(config, data, table, loops, failures, bar)
+    finally:
+        bar.close()
     return Results(config, table, draws, sweep, curves, online, tuple(failures.records))
+
+
+def _eta(value) -> str:
+    """A learning rate or a β: 3 significant digits, short exponents (``0.0123``, ``2.06e-5``)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3g}".replace("e-0", "e-").replace("e+0", "e+")
+
+
+TABLE_FORMATS = {
+    **dict.fromkeys(("lr", "lr_start", "lr_end", "beta"), _eta),
+    **dict.fromkeys(("val_loss", "val_error", "val_accuracy", "test_accuracy"), "{:.4f}"),
+    "wall_time": "{:.1f} s",
+    "step_equivalents": "{:,.0f}",
+    "factor": "{:g}",
+}
+
+
+def styled(frame: pd.DataFrame):
+    """A results table (``Results.table``, ``.by_loss()``, ``.draws``, ``.sweep``) formatted for a notebook (a pandas
+    Styler): learning rates in 3 significant digits (a decayed η reads ``2.06e-5``, not a whole column in
+    scientific notation), losses and accuracies in 4 decimals, wall times in seconds, without the index."""
+    formats = {column: f for column, f in TABLE_FORMATS.items() if column in frame.columns}
+    return frame.style.format(formats, na_rep="–").hide(axis="index")
 
 
 # ----- figures --------------------------------------------------------------------------------------------------
@@ -532,6 +646,8 @@ def draw_schedules(fig, results: Results) -> dict:
     """Left: η against the inner step for every method (first seed; η below ``LR_FLOOR``, such as cosine decay's
     tail or an online method that drove η to 0, runs off the bottom). Right: the objective E (validation
     cross-entropy on the ``n_hyper`` images) along each run. A method that failed is left out."""
+    from ..plot.panels import legend_outside, log_ticks
+
     axes = dict(zip(("lr", "val_loss"), fig.subplots(1, 2), strict=True))
     methods = [m for m in METHODS if m in results.curves]
     if not methods:
@@ -550,13 +666,14 @@ def draw_schedules(fig, results: Results) -> dict:
     top = max(float(np.nanmax([results.curves[m]["lr"].max() for m in methods])), LR_FLOOR) * 2
     axes["lr"].set_yscale("log")
     axes["lr"].set_ylim(LR_FLOOR, top)
+    log_ticks(axes["lr"].yaxis)  # labels to read η off (0.002, 0.005, 0.01, …), not decades alone
     axes["lr"].set_ylabel("learning rate η")
     if np.all(np.isfinite(ends)):
         axes["val_loss"].set_ylim(0.8 * min(ends), 2.5 * max(ends))
     axes["val_loss"].set_ylabel(f"E: validation cross-entropy ({results.config.n_hyper} images)")
     for ax in axes.values():
         ax.set_xlabel("inner step")
-    axes["lr"].legend(fontsize="small")
+    legend_outside(axes["val_loss"], fontsize="small")  # one legend for both panels, beside them: not on a curve
     return axes
 
 
@@ -564,8 +681,19 @@ def draw_sensitivity(fig, results: Results) -> dict:
     """Final validation and test accuracy against the factor on each online method's hyper-learning rate (first
     seed), the fixed and cosine rows as horizontal references. The axis shows the 10 points below the best; a run
     below them (one that collapsed) is drawn as a triangle on the bottom edge with its value, a diverged one as a
-    cross there. A run that failed is left out."""
+    cross there. A run that failed is left out. With one factor (``sweep=(1.0,)``) each line would be one point:
+    the panels say so instead."""
+    from ..plot.panels import legend_outside
+
     axes = dict(zip(("val_accuracy", "test_accuracy"), fig.subplots(1, 2), strict=True))
+    if results.sweep["factor"].nunique() < 2:
+        for ax in axes.values():
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, f"one factor on β only (config.sweep = {tuple(results.config.sweep)}): nothing to "
+                    "compare\nrun with a sweep, e.g. lr_schedules.DEFAULT's (0.1, 1, 10)", ha="center", va="center",
+                    transform=ax.transAxes, color="0.35")  # fmt: skip
+        return axes
     table = results.table if len(results.table) else pd.DataFrame(columns=["seed", "method"])
     first = table[table["seed"] == results.config.seeds[0]].set_index("method")
     for column, ax in axes.items():
@@ -594,7 +722,7 @@ def draw_sensitivity(fig, results: Results) -> dict:
         ax.set_xscale("log")
         ax.set_xlabel("factor on the hyper-learning rate β (β₀ for MARTHE)")
         ax.set_ylabel(column.replace("_", " ").replace("val ", "validation "))
-    axes["val_accuracy"].legend(fontsize="small")
+    legend_outside(axes["test_accuracy"], fontsize="small")
     return axes
 
 

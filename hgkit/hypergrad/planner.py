@@ -76,9 +76,16 @@ def program_bytes(compiled) -> int:
 class Plan:
     """What a :class:`~hgkit.Reverse` keeps, the memory it is predicted to take and its recomputation.
 
-    ``predicted_bytes`` is the hypergradient program's memory (:func:`~hgkit.hypergrad.planner.program_bytes`:
-    temporaries plus outputs), rounded up by the margin; ``recompute_factor`` the training steps it evaluates per
-    step of the run (1.0: none recomputed); ``budget`` the budget asked for, if any.
+    Attributes:
+        store: the store that keeps what the backward sweep needs (:class:`~hgkit.Residuals`,
+            :class:`~hgkit.States`, :class:`~hgkit.Segments`, :class:`~hgkit.Binomial`, or one of your own).
+        stored: what it keeps, in words.
+        predicted_bytes: the hypergradient program's memory (:func:`~hgkit.hypergrad.planner.program_bytes`:
+            temporaries plus outputs), rounded up by the margin.
+        recompute_factor: the training steps it evaluates per step of the run (1.0: none recomputed).
+        T: the number of inner steps planned for.
+        truncate: the number of last steps the derivative is carried back through (None: all T).
+        budget: the memory budget asked for, in bytes, if any.
     """
 
     store: Store

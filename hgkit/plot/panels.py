@@ -7,7 +7,9 @@ loop writes them, or the columns of a frame that lost them). Also owns the colou
 every panel (:func:`hyperparameter_colors`, by its position among the run's hyperparameters), and the scales: a
 hyperparameter constrained with ``log()``, or positive and spanning more than a decade, is drawn on a log axis
 (:func:`hyperparameter_scale`). A population's history (a ``member`` column) gets one line per member, all alike and
-labelled once. Hyper-iteration axes get integer ticks; log axes short tick labels, also within one decade.
+labelled once. Hyper-iteration axes get integer ticks; log axes as many short tick labels as their length holds
+(:class:`ReadableLogLocator`), also within one decade; legends go outside the axes, to their right, where they hide
+no data (a spike of the hypergradient norm included).
 
 Example:
     >>> import pandas as pd
@@ -35,17 +37,21 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.ticker import LogFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..history import RunInfo
 
 __all__ = [
+    "ReadableLogLocator",
     "grad_norms",
     "history_of",
     "hyperparameter_colors",
     "hyperparameter_names",
     "hyperparameter_scale",
     "hyperparameters",
+    "legend_columns",
+    "legend_outside",
+    "log_ticks",
     "losses",
     "metrics",
     "overview",
@@ -56,6 +62,7 @@ X_LABELS = {"iteration": "hyper-iteration", "inner_steps": "inner training steps
 PALETTE = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]
 SCALES = ("auto", "linear", "log")
 DECADE = 10.0  # a positive hyperparameter whose values span more than this factor is drawn on a log axis
+COMPACT = dict(handlelength=1.5, handletextpad=0.5, columnspacing=1.0)  # a legend's spacing, in em: 3 an entry
 
 
 # ----- reading the history ------------------------------------------------------------------------------------
@@ -184,22 +191,133 @@ def _short(value: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-class _ShortLogFormatter(LogFormatter):
-    """Log-axis tick labels as short numbers (``0.2``, ``3e-5``), the minor ticks labelled when the axis spans
-    less than a decade (as matplotlib's default does, with wide ``2×10⁻¹`` labels that run into the axis label)."""
+class ReadableLogLocator(LogLocator):
+    """Labelled ticks of a log axis, as many as its length holds, so that a value can be read off.
 
-    def __call__(self, x, pos=None):
-        return _short(x) if super().__call__(x, pos) else ""
+    matplotlib labels a log axis at whole decades only, so an axis within one or two decades carries two labels or
+    fewer. Here an axis that spans less than a decade gets evenly spaced round values (0.05, 0.06, … 0.09; at least
+    three), and a wider one the densest of the mantissa sets 1–9, (1, 2, 3, 5, 7), (1, 2, 5), (1, 3), (1) whose
+    ticks in view fit it, or every k-th decade where even (1) is too dense. An axis holds one label per ``spacing``
+    label heights, ``most`` at most (or ``room``, given). :func:`log_ticks` puts it on an axis with short labels.
+
+    Example:
+        >>> locator = ReadableLogLocator(room=4)
+        >>> def shown(low, high):
+        ...     ticks = locator.tick_values(low, high)
+        ...     return [float(f"{t:.3g}") for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
+        >>> shown(0.05, 0.094), shown(6e-4, 1e-3)
+        ([0.05, 0.06, 0.07, 0.08, 0.09], [0.0006, 0.0008, 0.001])
+        >>> shown(0.02, 0.3), shown(1e-4, 1e-2)
+        ([0.02, 0.05, 0.1, 0.2], [0.0001, 0.001, 0.01])
+    """
+
+    MANTISSAS = ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 3, 5, 7), (1, 2, 5), (1, 3), (1,))
+
+    def __init__(self, most: int = 8, spacing: float = 1.5, room: int | None = None):
+        super().__init__(base=10.0)
+        self.most, self.spacing, self.room = most, spacing, room
+
+    def _room(self) -> int:
+        """How many labels the axis holds: its length over ``spacing`` label heights, 3 to ``most``."""
+        if self.room is not None:
+            return self.room
+        axis = self.axis
+        if axis is None or axis.axes is None:
+            return self.most
+        ax = axis.axes
+        length = ax.bbox.height if axis is ax.yaxis else ax.bbox.width  # pixels
+        size = axis.get_major_ticks(1)[0].label1.get_fontsize() * ax.figure.dpi / 72  # pixels
+        return max(3, min(self.most, int(length / (self.spacing * size))))
+
+    def tick_values(self, vmin, vmax):
+        vmin, vmax = sorted((vmin, vmax))
+        if not (np.isfinite(vmin) and np.isfinite(vmax)) or vmax <= 0:
+            return super().tick_values(vmin, vmax)
+        vmin = vmin if vmin > 0 else vmax * 1e-3
+        room = self._room()
+        if vmax < 10 * vmin:  # within a decade: round values, as on a linear axis
+            ticks = MaxNLocator(nbins=room - 1, steps=[1, 2, 2.5, 5, 10], min_n_ticks=3).tick_values(vmin, vmax)
+            return ticks[ticks > 0]
+        low, high = math.floor(math.log10(vmin)), math.ceil(math.log10(vmax))
+        tolerance = 1e-9 * vmax
+        for mantissas in self.MANTISSAS:
+            ticks = [m * 10.0**e for e in range(low - 1, high + 1) for m in mantissas]
+            if sum(vmin - tolerance <= t <= vmax + tolerance for t in ticks) <= room:
+                return np.asarray(ticks)
+        step = math.ceil((high - low) / room)  # every step-th decade
+        return np.asarray([10.0**e for e in range(low - low % step - step, high + step + 1, step)])
+
+
+def log_ticks(axis, most: int = 8) -> None:
+    """Give a log ``axis`` (``ax.yaxis``) readable ticks: :class:`ReadableLogLocator`, labelled by short numbers
+    (``0.05``, ``7.5e-4``), and unlabelled minor ticks at the other mantissas."""
+    axis.set_major_locator(ReadableLogLocator(most=most))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: _short(value)))
+    axis.set_minor_locator(LogLocator(base=10.0, subs=np.arange(2, 10)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def legend_outside(ax, where: str = "right", **style):
+    """The legend of ``ax`` outside the axes, where it hides no data (a spike, a curve's end): at their right
+    (``"right"``, the entries in a column) or above them (``"above"``: in place of a title, in as many columns as
+    fit the axes' width unless ``ncols`` is given). Layouts that make room (``layout="constrained"``,
+    ``bbox_inches="tight"``) include it; None without labels.
+
+    Example:
+        >>> from matplotlib.figure import Figure
+        >>> fig = Figure(figsize=(4, 3))
+        >>> ax = fig.subplots()
+        >>> _ = ax.plot([1, 2], label="validation loss"), ax.plot([2, 1], label="training loss (last step)")
+        >>> legend = legend_outside(ax, "above")
+        >>> fig.draw_without_rendering()
+        >>> bool(legend.get_window_extent().y0 >= ax.get_window_extent().y1)  # above the axes, off the data
+        True
+    """
+    labels = ax.get_legend_handles_labels()[1]
+    if not labels:
+        return None
+    if where == "above":
+        style = {"fontsize": "small", **COMPACT, **style}
+        if "ncols" not in style:
+            width = ax.bbox.width * 72 / ax.figure.dpi  # points
+            style["ncols"] = legend_columns(labels, width, style["fontsize"])
+        style = dict(loc="lower left", bbox_to_anchor=(0.0, 1.0), borderaxespad=0.3, **style)
+    elif where == "right":
+        style = dict(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **style)
+    else:
+        raise ValueError(f"where must be 'right' or 'above'; got {where!r}")
+    return ax.legend(frameon=False, **style)
+
+
+def legend_columns(labels: Sequence[str], width: float, fontsize=None) -> int:
+    """How many columns of a legend with these labels fit ``width`` points (matplotlib fills the columns first;
+    each entry is its label's width, measured in the legend's font, and 3 em of handle and gaps: :data:`COMPACT`).
+
+    Example:
+        >>> legend_columns(["all hyperparameters", "lr", "mu", "wd"], 220, 8), legend_columns(["a" * 40] * 3, 220, 8)
+        (4, 1)
+    """
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    font = FontProperties(size=fontsize if fontsize is not None else rcParams["legend.fontsize"])
+    em, measure = font.get_size_in_points(), TextToPath()
+    widths = [3.0 * em + measure.get_text_width_height_descent(t, font, ismath=False)[0] for t in labels]
+    for ncols in range(len(labels), 1, -1):
+        rows = math.ceil(len(labels) / ncols)
+        if sum(max(widths[j : j + rows]) for j in range(0, len(widths), rows)) <= width:
+            return ncols
+    return 1
 
 
 def _tidy(ax, x: str) -> None:
-    """Integer ticks on hyper-iteration and inner-step axes; short labels on a log y axis."""
+    """Integer ticks on hyper-iteration and inner-step axes; readable ticks and short labels on a log y axis."""
     if x in ("iteration", "inner_steps"):
         # min_n_ticks=1: whole numbers also when the axis spans less than two (one hyper-iteration drawn)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if ax.get_yscale() == "log":
-        ax.yaxis.set_major_formatter(_ShortLogFormatter(labelOnlyBase=False))
-        ax.yaxis.set_minor_formatter(_ShortLogFormatter(labelOnlyBase=False))
+        log_ticks(ax.yaxis)
 
 
 # ----- the panels ----------------------------------------------------------------------------------------------
@@ -258,7 +376,7 @@ def hyperparameters(
     ax.set_ylabel("hyperparameter value")
     _tidy(ax, x)
     if len(artists) > 1:
-        ax.legend()
+        legend_outside(ax)
     return artists
 
 
@@ -317,7 +435,7 @@ def grad_norms(
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel("hypergradient norm ‖∇f‖")
     _tidy(ax, x)
-    ax.legend()
+    legend_outside(ax)
     return lines
 
 
@@ -353,7 +471,7 @@ def losses(ax, history, x: str = "iteration", train: bool = True, logy: bool = F
     ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel("loss")
     _tidy(ax, x)
-    ax.legend()
+    legend_outside(ax)
     return lines
 
 
@@ -370,7 +488,7 @@ def metrics(ax, history, names: Sequence[str] | None = None, x: str = "iteration
     ax.set_ylabel(names[0] if len(names) == 1 else "metric")
     _tidy(ax, x)
     if len(names) > 1:
-        ax.legend()
+        legend_outside(ax)
     return lines
 
 
@@ -413,12 +531,12 @@ def overview(result_or_history, x: str = "iteration", names: Sequence[str] | Non
     for ax, panel in zip(np.atleast_1d(low.subplots(1, len(bottom))), bottom, strict=True):
         axes[panel] = ax
     grad_norms(axes["grad_norm"], history, names, x=x, colors=colors)
-    axes["grad_norm"].set_title("hypergradient norm")
     losses(axes["loss"], history, x=x)
-    axes["loss"].set_title("outer objective and training loss")
     if "metrics" in axes:
         metrics(axes["metrics"], history, x=x)
-        axes["metrics"].set_title("metrics")
+    for panel in bottom:  # the legends above the panels, in place of titles (their y labels say what they are)
+        if axes[panel].get_legend() is not None:
+            legend_outside(axes[panel], "above")
     method = info.method
     fig.suptitle(f"{method + ': ' if method else ''}{len(history)} hyper-iterations")
     return fig, axes

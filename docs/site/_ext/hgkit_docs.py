@@ -19,6 +19,10 @@ documented.
   other unresolved reference stays a warning, which the build (``-W``) turns into an error.
 * RESULTS.md and BENCHMARKS.md are pages of the site (included whole); their links to each other go to the pages.
 * At the end of reading, a public module of hgkit that no ``hgkit-module`` directive documents is a warning.
+* A NamedTuple's fields are documented in words, never as Python's "Alias for field number N": a field with a
+  trailing comment in its class (``value: jax.Array  # the outer objective``) gets that comment as its entry; a
+  field that the class docstring's ``Attributes:`` section describes, or that has no comment, gets no entry of its
+  own (the class's signature lists every field, and the docstring describes them).
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ import enum
 import functools
 import importlib
 import inspect
+import io
 import pkgutil
 import re
+import textwrap
+import tokenize
 from pathlib import Path
 
 from docutils import nodes
@@ -227,6 +234,101 @@ def join_attribute_names(app, what, name, obj, options, lines):
             if match and indent == len(line) - len(line.lstrip()) and indent <= 4:
                 names = re.sub(r",\s*", ",", match.group(2))
                 lines[i] = match.group(1) + names + match.group(3) + line[match.end() :]
+
+
+# --- NamedTuple fields -----------------------------------------------------------------------------------------------
+
+FIELD_STUB = re.compile(r"^Alias for field number \d+$")
+
+
+def is_field_stub(obj) -> bool:
+    return bool(FIELD_STUB.match((getattr(obj, "__doc__", None) or "").strip()))
+
+
+@functools.cache
+def namedtuple_fields() -> dict[int, tuple[type, str]]:
+    """``id(field accessor) -> (class, field)`` for the fields of every NamedTuple of the public modules (each
+    NamedTuple class has accessor objects of its own)."""
+    found: dict[int, tuple[type, str]] = {}
+    for modname in public_modules():
+        module = importlib.import_module(modname)
+        for name in public_names(modname):
+            cls = getattr(module, name)
+            if inspect.isclass(cls) and issubclass(cls, tuple) and hasattr(cls, "_fields"):
+                for field in cls._fields:
+                    accessor = inspect.getattr_static(cls, field, None)
+                    if accessor is not None:
+                        found.setdefault(id(accessor), (cls, field))
+    return found
+
+
+@functools.cache
+def field_comments(cls: type) -> dict[str, str]:
+    """The trailing comments of a NamedTuple's fields in its source (``name: type  # comment``); comment-only lines
+    right below a commented field continue its comment."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    code_lines: set[int] = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.COMMENT:
+            comments[token.start[0]] = token.string.lstrip("#").strip()
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code_lines.add(token.start[0])
+    body = ast.parse(source).body[0].body
+    fields = [s for s in body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
+    found = {}
+    for statement in fields:
+        lines = [comments[n] for n in range(statement.lineno, statement.end_lineno + 1) if n in comments]
+        if not lines:
+            continue
+        n = statement.end_lineno + 1
+        while n in comments and n not in code_lines:
+            lines.append(comments[n])
+            n += 1
+        found[statement.target.id] = " ".join(lines)
+    return found
+
+
+def attributes_section(cls: type) -> set[str]:
+    """The names that the class docstring's Google-style ``Attributes:`` section describes."""
+    names: set[str] = set()
+    inside = False
+    for line in (inspect.getdoc(cls) or "").splitlines():
+        if line and not line.startswith(" "):
+            inside = line.strip() == "Attributes:"
+            continue
+        match = re.match(r"^ {4}(\w+(?:,\s*\w+)*)\s*(?:\(.*?\))?:", line) if inside else None
+        if match:
+            names |= {n.strip() for n in match.group(1).split(",")}
+    return names
+
+
+def skip_field_stubs(app, what, name, obj, skip, options):
+    """``autodoc-skip-member``: a NamedTuple field without a comment of its own, or one that the class docstring's
+    ``Attributes:`` section describes, gets no entry (the class's signature lists it)."""
+    if skip or what != "class" or not is_field_stub(obj):
+        return None
+    owner = namedtuple_fields().get(id(obj))
+    if owner is None:
+        return True  # a field of a NamedTuple outside the public modules: nothing to say about it
+    cls, field = owner
+    if field in attributes_section(cls) or field not in field_comments(cls):
+        return True
+    return None
+
+
+def describe_fields(app, what, name, obj, options, lines):
+    """``autodoc-process-docstring``: a NamedTuple field's entry says what its trailing comment says (as written:
+    this runs after napoleon)."""
+    if not lines or not FIELD_STUB.match(" ".join(lines).strip()):
+        return
+    owner = namedtuple_fields().get(id(obj))
+    comment = field_comments(owner[0]).get(owner[1]) if owner else None
+    lines[:] = [comment, ""] if comment else []
+    escape_bars(app, what, name, obj, options, lines)
 
 
 class ModuleDirective(SphinxDirective):
@@ -447,7 +549,7 @@ def purge(app, env, docname):
 
 def forget_modules(app):
     """A new build (or a rebuild in the same process) looks at the modules afresh."""
-    for cached in (public_modules, public_names, homes, private_modules):
+    for cached in (public_modules, public_names, homes, private_modules, namedtuple_fields, field_comments):
         cached.cache_clear()
     UNLINKED.clear()
 
@@ -456,6 +558,9 @@ def setup(app):
     app.connect("builder-inited", forget_modules)
     app.add_directive("hgkit-module", ModuleDirective)
     app.add_directive("hgkit-readme-block", ReadmeBlockDirective)
+    # After napoleon, which would read "int32: the first step ..." as a type and its description.
+    app.connect("autodoc-process-docstring", describe_fields, priority=600)
+    app.connect("autodoc-skip-member", skip_field_stubs)
     app.connect("autodoc-process-docstring", join_attribute_names, priority=400)  # before napoleon (500)
     app.connect("autodoc-process-docstring", escape_bars, priority=400)
     app.connect("missing-reference", resolve_reference, priority=900)

@@ -18,6 +18,7 @@ MODES = ("auto", "widget", "text")
 XS = ("iteration", "inner_steps", "wall_time")
 COMPILING = "compiling the step (the first hyper-iteration)…"
 STOP_REASONS = {"callback": "stopped by a callback", "interrupted": "interrupted", "diverged": "diverged"}
+UNITS = {"inner_steps": "inner step"}  # what the progress counts, by the x axis (else hyper-iterations)
 
 
 def in_notebook() -> bool:
@@ -66,12 +67,16 @@ class Dashboard:
         min_interval: the least time in seconds between two updates of the values or the plots (widget) or two
             progress lines (text); default 0.5 s for the widget and 2 s for text.
         max_overhead: the largest fraction of the run's time spent redrawing: after a redraw that took d
-            seconds the next waits at least d / max_overhead.
-        x: the x axis: ``"iteration"``, ``"inner_steps"`` or ``"wall_time"``.
+            seconds the next waits at least d / max_overhead, but no more than ``max_interval``.
+        x: the x axis: ``"iteration"``, ``"inner_steps"`` or ``"wall_time"``. With ``"inner_steps"`` the
+            progress also counts inner steps (``inner step 1072 / 2000``): what an online method's run
+            (``hg.RealTime``, one training run in chunks) is best followed by.
         mode: ``"widget"``, ``"text"``, or ``"auto"`` (widget in a Jupyter kernel, text elsewhere).
         display: show the widget in the notebook when the run starts (if it is not shown yet).
         file: where text mode prints (default ``sys.stdout``).
         figsize, dpi: the size of the rendered figure (widget).
+        max_interval: the most seconds the plots lag the values (widget): a redraw is made at least this often,
+            even where that costs more than ``max_overhead``.
 
     Attributes:
         mode: ``"widget"`` or ``"text"``: the view.
@@ -116,6 +121,7 @@ class Dashboard:
         file=None,
         figsize: tuple[float, float] = (13.0, 3.8),
         dpi: int = 72,
+        max_interval: float = 3.0,
     ):
         if mode not in ("auto", self.mode):
             raise ValueError(f"mode must be {self.mode!r} or 'auto' for a {type(self).__name__}; got {mode!r}")
@@ -123,12 +129,14 @@ class Dashboard:
             raise ValueError(f"min_interval must be a number ≥ 0 (seconds) or None; got {min_interval!r}")
         if not (isinstance(max_overhead, int | float) and 0 < max_overhead <= 1):
             raise ValueError(f"max_overhead must be a fraction in (0, 1]; got {max_overhead!r}")
+        if not (isinstance(max_interval, int | float) and max_interval > 0):
+            raise ValueError(f"max_interval must be a number > 0 (seconds); got {max_interval!r}")
         if x not in XS:
             raise ValueError(f"x must be 'iteration', 'inner_steps' or 'wall_time'; got {x!r}")
         if names is not None and (isinstance(names, str) or not all(isinstance(n, str) for n in names)):
             raise ValueError(f"names must be a list of hyperparameter names (str); got {names!r}")
         interval = self.default_interval if min_interval is None else float(min_interval)
-        self._pace = _pacing.Pacing(interval, float(max_overhead))
+        self._pace = _pacing.Pacing(interval, float(max_overhead), float(max_interval))
         self.x = x
         self.names = list(names) if names is not None else None
         self.records: list[dict] = []
@@ -184,14 +192,30 @@ class Dashboard:
         self._ended(self._summary(stopped), stopped)
 
     def _summary(self, stopped) -> str:
-        """``finished: 6 hyper-iterations``, or ``stopped after 3 of 6 hyper-iterations (the Stop button)``."""
-        n = len(self.records)
-        if n and "member" in self.records[-1]:  # a population: one record per member and iteration
-            n = len({r["iteration"] for r in self.records})
+        """``finished: 6 hyper-iterations``, ``stopped after 3 of 6 hyper-iterations (the Stop button)``, or
+        ``ended by an error after 3 of 6 hyper-iterations`` (in inner steps where they are counted)."""
+        done, total, unit = self._count()
         if stopped is None:
-            return f"finished: {n} hyper-iteration{'s' if n != 1 else ''}"
+            return f"finished: {done} {unit}{'s' if done != 1 else ''}"
+        if stopped == "error":
+            return f"ended by an error after {done} of {total} {unit}s"
         why = "the Stop button" if stopped == "callback" and self._stop.is_set() else STOP_REASONS.get(stopped, stopped)
-        return f"stopped after {n} of {self._total()} hyper-iterations ({why})"
+        return f"stopped after {done} of {total} {unit}s ({why})"
+
+    def _count(self, record: Mapping | None = None) -> tuple[int, str, str]:
+        """How far the run is at ``record`` (default: the last): ``(done, total, unit)``, in hyper-iterations,
+        or in inner steps with ``x="inner_steps"`` (the total then the hyper-iterations times the inner steps of
+        each, read from the first record); ``total`` is ``"?"`` where unknown."""
+        record = record if record is not None else (self.records[-1] if self.records else None)
+        if record is None:
+            return 0, self._total(), "hyper-iteration"
+        iterations = self._iteration(record)
+        if self.x in UNITS and isinstance(record.get(self.x), int | float):
+            first = self.records[0] if self.records else record
+            per = float(first[self.x]) / self._iteration(first) if isinstance(first.get(self.x), int | float) else 0
+            total = self.info.hyper_iterations if self.info is not None else None
+            return int(record[self.x]), str(round(per * total)) if total and per else "?", UNITS[self.x]
+        return iterations, self._total(), "hyper-iteration"
 
     def stop(self, _button=None) -> None:
         """End the run after the current hyper-iteration (what the Stop button does)."""
@@ -218,13 +242,17 @@ class Dashboard:
         """The records as a DataFrame (the loop's columns, as its records have them), ``attrs`` from the run's
         :class:`~hgkit.history.RunInfo`, as the loop's history has them."""
         if self._history is None:
-            import pandas as pd
-
-            info = self.info or RunInfo.from_columns([])
-            history = pd.DataFrame(self.records) if self.records else pd.DataFrame(columns=info.columns)
-            history.attrs.update(info.attrs())
-            self._history = history
+            self._history = self._frame(self.records)
         return self._history
+
+    def _frame(self, records: Sequence[Mapping]):
+        """``records`` as a DataFrame with the run's ``attrs`` (what :attr:`history` is made of)."""
+        import pandas as pd
+
+        info = self.info or RunInfo.from_columns([])
+        history = pd.DataFrame(list(records)) if records else pd.DataFrame(columns=info.columns)
+        history.attrs.update(info.attrs())
+        return history
 
     def redraw(self) -> None:
         """Draw the plots from the records (a view without plots has nothing to draw)."""
@@ -250,6 +278,11 @@ class Dashboard:
     def _total(self) -> str:
         total = self.info.hyper_iterations if self.info is not None else None
         return str(total) if total is not None else "?"
+
+    def _time_left_shown(self) -> float | None:
+        """The time left to show: :meth:`time_left` while the run goes on, None once it ended or was asked to stop
+        (a Stop, a callback, an error: nothing of the estimate holds then)."""
+        return self.time_left() if self._running and not self._stop.is_set() else None
 
     def time_left(self) -> float | None:
         """The expected seconds left (:func:`~hgkit.widgets.dashboard._pacing.time_left`): the mean time per

@@ -1,10 +1,12 @@
 """When the dashboard updates, and how long the run has left.
 
 The values are updated at most every ``min_interval`` seconds. Redrawing costs a matplotlib render (a few
-tenths of a second on a busy CPU), so it is paced: at most one redraw every ``min_interval`` seconds, and never
-more often than keeps drawing under ``max_overhead`` of the run's time (the wait after a redraw is at least its
-duration / ``max_overhead``; the first redraw, which also loads matplotlib, does not count); the last record is
-always drawn.
+tenths of a second on a busy CPU), so it is paced: at most one redraw every ``min_interval`` seconds, and no more
+often than keeps drawing under ``max_overhead`` of the run's time (the wait after a redraw is its duration /
+``max_overhead``; the first redraw, which also loads matplotlib, does not count). But the plots never lag the
+values by more than ``max_interval`` seconds (3 s by default): the wait is capped there, even where a slow redraw
+then takes more than ``max_overhead`` (a picture of 2 points beside values at hyper-iteration 6 says the wrong
+thing); the last record is always drawn.
 
 The time left is the mean time per hyper-iteration since the first record (whose time includes compiling the
 step) times the hyper-iterations to go.
@@ -15,6 +17,9 @@ Example:
     (3.5, '4 s')
     >>> duration(125), duration(3780)
     ('2 min 05 s', '1 h 03 min')
+    >>> pace = Pacing(min_interval=0.5, max_overhead=0.05, max_interval=3.0)
+    >>> pace.wait(0.01), pace.wait(0.1), pace.wait(1.0)  # 0.5 s at least, cost / 5 % beyond, 3 s at most
+    (0.5, 2.0, 3.0)
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ clock = time.monotonic  # the throttle's clock (a module attribute, so tests can
 class Pacing:
     """The throttle of one dashboard: the monotonic times before which its values and its plots wait."""
 
-    def __init__(self, min_interval: float, max_overhead: float):
+    def __init__(self, min_interval: float, max_overhead: float, max_interval: float = 3.0):
         self.min_interval = min_interval
         self.max_overhead = max_overhead
+        self.max_interval = max_interval
         self.restart()
 
     def restart(self) -> None:
@@ -48,13 +54,14 @@ class Pacing:
         """The values were shown at ``at``: the next wait ``min_interval``."""
         self.next_values = at + self.min_interval
 
-    def drawn(self, seconds: float) -> None:
-        """A redraw took ``seconds``: the next waits ``min_interval``, and at least ``seconds / max_overhead``."""
-        self.next_draw = clock() + max(self.min_interval, seconds / self.max_overhead)
+    def wait(self, seconds: float) -> float:
+        """The wait after a redraw that took ``seconds``: ``seconds / max_overhead``, at least ``min_interval`` and
+        at most ``max_interval`` (``min_interval`` wins where it is the larger)."""
+        return max(self.min_interval, min(seconds / self.max_overhead, self.max_interval))
 
-    def draw_next(self) -> None:
-        """The next record redraws, whatever the pace (what is drawn was changed)."""
-        self.next_draw = 0.0
+    def drawn(self, seconds: float) -> None:
+        """A redraw took ``seconds``: the next waits :meth:`wait`."""
+        self.next_draw = clock() + self.wait(seconds)
 
 
 def time_left(records: Sequence[Mapping], total: int | None) -> float | None:

@@ -36,12 +36,12 @@ class TextDashboard(Dashboard, view="text"):
 
     def _show_values(self, record: Mapping) -> None:
         items = "  ".join(f"{label} {format_value(value)}" for label, value in self._current(record))
-        wall, left = record.get("wall_time"), self.time_left()
+        wall, left = record.get("wall_time"), self._time_left_shown()
         times = [f"{wall:.1f} s"] if isinstance(wall, int | float) else []
         times += [f"{duration(left)} left"] if left is not None else []
-        self._print(
-            f"[hgkit] {self._iteration(record)}/{self._total()}  {items}" + (f"  ({', '.join(times)})" if times else "")
-        )
+        done, total, unit = self._count(record)
+        where = f"{done}/{total}" + ("" if unit == "hyper-iteration" else f" {unit}s")
+        self._print(f"[hgkit] {where}  {items}" + (f"  ({', '.join(times)})" if times else ""))
 
     def _ended(self, summary: str, stopped) -> None:
         self._print(f"[hgkit] {summary}")

@@ -42,7 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._tree import PyTree, tree_bytes
+from .._tree import PyTree, is_traced, tree_bytes
 from ..problem import BilevelProblem, TrainState, initial_state, precision
 from ._inputs import _abstract
 from .stores import Binomial, Residuals, Segments, Sizes, States, Steps, Store, residual_sweep
@@ -119,9 +119,10 @@ def predict(sizes: Sizes, store: Store, T: int, K: int, truncate: int | None = N
     return Plan(store, cost.stored, predicted, (cost.evaluated + head) / T, T, truncate, budget)
 
 
-def residuals_pay(sizes: Sizes) -> bool:
-    """Whether keeping residuals is worth it: one step's take at most :data:`RESIDUALS_UP_TO` training states."""
-    return sizes.per_step_residuals - sizes.loss <= RESIDUALS_UP_TO * sizes.state
+def _default(state_bytes: int, residual_bytes: int) -> Store:
+    """``Reverse()``'s rule, which :func:`choose` follows too: :class:`~hgkit.Residuals` when one step's take at most
+    :data:`RESIDUALS_UP_TO` training states (keeping them pays), else :class:`~hgkit.States`."""
+    return Residuals() if residual_bytes <= RESIDUALS_UP_TO * state_bytes else States()
 
 
 def choose(sizes: Sizes, budget: int, T: int, K: int, truncate: int | None = None) -> Plan:
@@ -129,7 +130,8 @@ def choose(sizes: Sizes, budget: int, T: int, K: int, truncate: int | None = Non
 
     Binomial checkpointing takes as many slots as fit (predicted bytes grow with the slots).
     """
-    stores = ([Residuals()] if residuals_pay(sizes) else []) + [States()] + ([Segments("sqrt")] if K > 1 else [])
+    first = _default(sizes.state, sizes.per_step_residuals - sizes.loss)
+    stores = ([first] if first == Residuals() else []) + [States()] + ([Segments("sqrt")] if K > 1 else [])
     for store in stores:
         chosen = predict(sizes, store, T, K, truncate, budget)
         if chosen.predicted_bytes <= budget:
@@ -154,16 +156,6 @@ def choose(sizes: Sizes, budget: int, T: int, K: int, truncate: int | None = Non
 # ----- the measurements ------------------------------------------------------------------------------------------
 
 
-def _shapes(problem, hparams, train_data, key, init_state):
-    """Abstract (shape-only) stand-ins of the inputs, the training batch's included."""
-    hp, k = _abstract(hparams), _abstract(key)
-    if init_state is None:
-        state = jax.eval_shape(lambda hp, k: initial_state(problem, hp, k), hp, k)
-    else:
-        state = _abstract(init_state)
-    return hp, k, state
-
-
 def step_sizes(
     problem: BilevelProblem, hparams: PyTree, train_data: Any, *, key: Any = None, init_state=None,
     hvp: str = "reverse-over-reverse",
@@ -173,7 +165,11 @@ def step_sizes(
     The residuals are what ``jax.vjp`` of the training scan keeps (:class:`~hgkit.Residuals`): their growth from 4
     to 8 steps, so that what does not change from step to step (the data) does not count.
     """
-    hp, k, state = _shapes(problem, hparams, train_data, key, init_state)
+    hp = _abstract(hparams)
+    if init_state is None:
+        state = jax.eval_shape(lambda hp, k: initial_state(problem, hp, k), hp, _abstract(key))
+    else:
+        state = _abstract(init_state)
 
     def residuals(n):
         def f(hp, tr, s0):
@@ -197,7 +193,7 @@ def default_store(
     :data:`RESIDUALS_UP_TO` (1.5) training states, :class:`~hgkit.States` otherwise; from abstract evaluation
     of the training step only (it may be called while tracing: nothing compiles)."""
     state, residual, _ = step_sizes(problem, hparams, train_data, key=key, init_state=init_state, hvp=hvp)
-    return Residuals() if residual <= RESIDUALS_UP_TO * state else States()
+    return _default(state, residual)
 
 
 def measure(
@@ -207,7 +203,7 @@ def measure(
     """What the cost models need (:class:`~hgkit.hypergrad.stores.Sizes`), measured for ``method``'s ``hvp``:
     compiles the hypergradient over :data:`CALIBRATION_STEPS` steps storing states, from abstract shapes. On the
     host only: it refuses to run while a caller's function is traced."""
-    if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((hparams, train_data, val_data, key))):
+    if is_traced((hparams, train_data, val_data, key)):
         raise TypeError(
             "planning reverse mode's memory compiles a small program, which hgkit does not do while your function is "
             "being traced (jit, vmap, grad): call hg.Reverse.within(...) or hg.plan(...) once, outside, and pass the "
@@ -253,6 +249,6 @@ def plan(
     """
     sizes = measure(method, problem, hparams, train_data, val_data, key=key, init_state=init_state)
     store = method.store
-    if store is None:
-        store = default_store(problem, hparams, train_data, key=key, init_state=init_state, hvp=method.hvp)
+    if store is None:  # Reverse()'s rule, from the sizes just measured (default_store would measure them again)
+        store = _default(sizes.state, sizes.per_step_residuals - sizes.loss)
     return predict(sizes, store, T, method.reversed_steps(T), method.truncate)

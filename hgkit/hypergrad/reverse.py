@@ -29,7 +29,7 @@ from ..problem import BilevelProblem, TrainState, initial_state, unroll
 from . import planner
 from ._inputs import check_inputs
 from .base import HypergradientMethod, HypergradientResult, result
-from .stores import Binomial, Residuals, Segments, States, Steps, Store, per_objective
+from .stores import Binomial, Steps, Store, per_objective
 
 HVP = ("forward-over-reverse", "reverse-over-reverse")
 
@@ -254,4 +254,4 @@ class Reverse(HypergradientMethod):
         return reverse_mode(problem, hparams, T, train_data, val_data, key, init_state, store=store, K=K, hvp=self.hvp)
 
 
-__all__ = ["Binomial", "Residuals", "Reverse", "Segments", "States", "reverse_mode"]
+__all__ = ["Reverse", "reverse_mode"]

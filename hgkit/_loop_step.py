@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ import optax
 from ._tree import PyTree, all_finite
 from .constraints import Constraint
 from .history import StepReport, vector_stats
-from .hypergrad import Failure, HypergradientMethod, OnlineMethod, hypergradient_result
+from .hypergrad import Failure, HypergradientMethod, OnlineMethod, hypergradient_result, meta_hypergradient_result
 from .hypergrad._inputs import _reraise
 from .problem import BilevelProblem, initial_state, precision
 
@@ -37,6 +37,8 @@ class StepSpec:
     treedef: Any
     warm: bool  # restart each inner run from the last one's final state
     restart_above: float | None = None  # online methods: the guard of HyperOptimizer(restart_above=...)
+    tasks: Callable | None = None  # meta-learning: key -> (support sets, query sets) of one meta-batch
+    mesh: Any = None  # meta-learning: the tasks are split over this mesh's first axis
 
     @property
     def online(self) -> bool:
@@ -56,6 +58,9 @@ def hyper_step(spec: StepSpec, T, train_fn, u, opt_state, carry, iteration, key,
     hp, c_vjp = jax.vjp(lambda v: spec.leafwise("value", v), u)
     if spec.online:
         carry, res = spec.method.step(spec.problem, carry, hp, train_data, val_data)
+        out = _Outcome.of(spec, res, hp)
+    elif spec.tasks is not None:
+        out = _tasks_outcome(spec, T, hp, key, iteration)
     else:
         k = None if key is None else jax.random.fold_in(key, iteration)
         init_state = carry if spec.warm else None
@@ -63,12 +68,12 @@ def hyper_step(spec: StepSpec, T, train_fn, u, opt_state, carry, iteration, key,
             spec.problem, hp, T, train_data, val_data, method=spec.method, key=k, init_state=init_state
         )
         carry = res.state if spec.warm else carry
-    (g_u,) = c_vjp(res.grads)
+        out = _Outcome.of(spec, res, hp)
+    (g_u,) = c_vjp(out.grads)
     updates, new_opt_state = spec.tx.update(g_u, opt_state, u)
     new_u = spec.leafwise("project", optax.apply_updates(u, updates))
-    values = res.value if isinstance(res.value, dict) else {"val": res.value}
-    grad_norm = optax.tree.norm(res.grads)
-    failure, restarted = res.failure, jnp.asarray(False)
+    grad_norm = optax.tree.norm(out.grads)
+    failure, restarted = out.failure, jnp.asarray(False)
     if spec.online and spec.restart_above is not None:
         # The guard: a derivative that blew up (non-finite, or above the bound) while training is fine changes
         # nothing in λ, and the method forgets the derivative's past; the run goes on from the same weights.
@@ -79,18 +84,86 @@ def hyper_step(spec: StepSpec, T, train_fn, u, opt_state, carry, iteration, key,
         failure = jnp.where(restarted, jnp.int32(Failure.NONE), failure)
     update_failed = (failure == Failure.NONE) & ~all_finite(new_u)
     report = StepReport(
-        values=tuple(values[k] for k in spec.problem.objective_names),
-        train_loss=res.train_losses[-1],
+        values=tuple(out.values[k] for k in spec.problem.objective_names),
+        train_loss=out.train_loss,
         grad_norm=grad_norm,
-        grad_norms=tuple(jnp.linalg.norm(jnp.ravel(g)) for g in jax.tree_util.tree_leaves(res.grads)),
+        grad_norms=tuple(jnp.linalg.norm(jnp.ravel(g)) for g in jax.tree_util.tree_leaves(out.grads)),
         hp=tuple(x if x.size == 1 else vector_stats(x) for x in jax.tree_util.tree_leaves(hp)),
-        metrics=tuple(_metric(name, fn, res.state.params, hp) for name, fn in spec.metrics),
+        metrics=out.metrics,
         failure=jnp.where(update_failed, jnp.int32(Failure.UPDATE_NONFINITE), failure),
-        failed_at=res.failed_at,
-        solve_residual=res.solve_residual,
+        failed_at=out.failed_at,
+        solve_residual=out.solve_residual,
         restarted=restarted,
+        failed_task=out.failed_task,
     )
-    return new_u, new_opt_state, carry, res.state, hp, report
+    return new_u, new_opt_state, carry, out.state, hp, report
+
+
+class _Outcome(NamedTuple):
+    """What a hyper-iteration's hypergradient computation hands to the update and the history."""
+
+    values: dict  # {objective name: value}
+    grads: PyTree
+    train_loss: Any  # the last inner step's training loss (the mean over the tasks of a meta-batch)
+    metrics: tuple
+    state: Any  # the trained state (every task's, with a leading axis, for a meta-batch)
+    failure: Any
+    failed_at: Any
+    solve_residual: Any
+    failed_task: Any = -1
+
+    @classmethod
+    def of(cls, spec: StepSpec, res, hp) -> _Outcome:
+        """One training run's outcome (a :class:`~hgkit.HypergradientResult`)."""
+        return cls(
+            values=res.value if isinstance(res.value, dict) else {"val": res.value},
+            grads=res.grads,
+            train_loss=res.train_losses[-1],
+            metrics=tuple(_metric(name, fn, res.state.params, hp) for name, fn in spec.metrics),
+            state=res.state,
+            failure=res.failure,
+            failed_at=res.failed_at,
+            solve_residual=res.solve_residual,
+        )
+
+
+def _tasks_outcome(spec: StepSpec, T, hp, key, iteration) -> _Outcome:
+    """A meta-batch's outcome: iteration ``i`` draws its tasks with one half of ``fold_in(key, i)`` and starts
+    their weights with the other (:func:`~hgkit.meta_hypergradient_result`); metrics are averaged over tasks,
+    each called on its task's trained weights and query set."""
+    k_tasks, k_init = jax.random.split(jax.random.fold_in(key, iteration))
+    train, val = spec.tasks(k_tasks)
+    if spec.mesh is not None:
+        train, val = shard_tasks((train, val), spec.mesh)
+    meta = meta_hypergradient_result(spec.problem, hp, T, train, val, method=spec.method, key=k_init)
+    tasks = meta.tasks
+
+    def per_task(name, fn):
+        return jnp.mean(jax.vmap(lambda s, v: _metric(name, fn, s.params, hp, v))(tasks.state, val), axis=0)
+
+    residual = tasks.solve_residual
+    return _Outcome(
+        values=meta.value if isinstance(meta.value, dict) else {"val": meta.value},
+        grads=meta.grads,
+        train_loss=jnp.mean(tasks.train_losses[:, -1]),
+        metrics=tuple(per_task(name, fn) for name, fn in spec.metrics),
+        state=tasks.state,
+        failure=meta.failure,
+        failed_at=meta.failed_at,
+        solve_residual=None if residual is None else jnp.max(residual),
+        failed_task=meta.failed_task,
+    )
+
+
+def shard_tasks(tree: PyTree, mesh) -> PyTree:
+    """``tree`` with its leading (task) axis split over the first axis of ``mesh`` (a sharding constraint).
+
+    The mesh's axes are taken as automatic ones: the compiler places everything else (the inner runs' scans and
+    their vmap do not take explicitly sharded axes)."""
+    auto = (jax.sharding.AxisType.Auto,) * len(mesh.axis_names)
+    mesh = jax.sharding.Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+    return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
 def _select(which: jax.Array, yes: PyTree, no: PyTree) -> PyTree:
@@ -98,12 +171,14 @@ def _select(which: jax.Array, yes: PyTree, no: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda a, b: _where(which[None], a[None], b[None])[0], yes, no)
 
 
-def _metric(name: str, fn: Callable, params, hp):
-    """``fn(params, hp)``, an error in it re-raised naming the metric (it happens while the step is traced)."""
+def _metric(name: str, fn: Callable, params, hp, *query):
+    """``fn(params, hp)`` (``fn(params, hp, query)`` with tasks), an error in it re-raised naming the metric (it
+    happens while the step is traced)."""
     try:
-        return jnp.asarray(fn(params, hp))
+        return jnp.asarray(fn(params, hp, *query))
     except Exception as e:
-        _reraise(e, f"metrics[{name!r}](params, hparams) failed: {type(e).__name__}: {e}")
+        call = "(params, hparams, query)" if query else "(params, hparams)"
+        _reraise(e, f"metrics[{name!r}]{call} failed: {type(e).__name__}: {e}")
 
 
 compiled_step = jax.jit(hyper_step, static_argnames=("spec", "T", "train_fn"))

@@ -56,6 +56,7 @@ class StepReport(NamedTuple):
     failed_at: Any  # int32: the inner step of the failure, or -1
     solve_residual: Any  # Implicit's residual, else None
     restarted: Any = False  # bool: the loop's restart_above guard discarded this update and restarted the derivative
+    failed_task: Any = -1  # int32: with tasks, the first task of the meta-batch that failed, or -1
 
 
 def vector_stats(x) -> Any:

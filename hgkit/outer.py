@@ -56,7 +56,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -291,6 +291,8 @@ class HyperOptimizer:
         checkpoint_every: int = 10,
         snapshot_every: int | None = None,
         population: int | None = None,
+        tasks: Callable | None = None,
+        mesh: jax.sharding.Mesh | None = None,
     ) -> HyperOptimizationResult:
         """Run the loop; see the contract in the module docstring.
 
@@ -310,11 +312,21 @@ class HyperOptimizer:
         (:meth:`HyperOptimizationResult.best_member` picks one). A member that diverges is frozen at its last
         finite values, reported with a warning and in ``history.attrs["dropped"]``, and the others go on; the
         run raises :class:`HyperDivergenceError` only when every member has diverged.
+
+        ``tasks=sample`` meta-learns λ across tasks instead of fitting it to one ``train_data``/``val_data``:
+        ``sample(key) -> (train_data, val_data)`` draws one meta-batch (every leaf with a leading task axis M, as
+        :func:`hgkit.meta_hypergradient` takes them) and must be jittable. Hyper-iteration ``i`` draws its tasks
+        with one half of ``jax.random.split(jax.random.fold_in(key, i))`` and starts the tasks' weights with the
+        other; the sampling, the M inner runs, the mean hypergradient, the optax step and the constraints are one
+        compiled call. The history's objectives are the means over the meta-batch, and each metric is called as
+        ``fn(params, hparams, query)`` on every task's trained weights and query set and averaged. ``mesh``: split
+        the tasks over the first axis of this :class:`jax.sharding.Mesh` (M a multiple of its size; also across
+        processes joined by ``jax.distributed``). Not with online methods, ``population`` or ``warm_restart``.
         """
         callbacks = as_callbacks(callbacks)
         run = self._prepare(
             hparams, hyper_iterations, T, train_data, val_data, key, checkpoint_dir, checkpoint_every,
-            snapshot_every, population,
+            snapshot_every, population, tasks, mesh,
         )  # fmt: skip
         u0 = per_member(run.population, lambda h: run.spec.leafwise("free", h))(_strong(hparams))
         tmpl = templates(run.spec, run.population, T, run.train_fn, u0, run.keys, run.train_batch, val_data)
@@ -331,7 +343,7 @@ class HyperOptimizer:
 
     def _prepare(
         self, hparams, hyper_iterations, T, train_data, val_data, key, checkpoint_dir, checkpoint_every,
-        snapshot_every, population,
+        snapshot_every, population, tasks, mesh,
     ) -> _Run:  # fmt: skip
         """Refuse bad settings before anything runs, and fix what the run is."""
         check_hparams(hparams)
@@ -340,6 +352,10 @@ class HyperOptimizer:
         require_positive_int("snapshot_every", snapshot_every, optional=True)
         hyper_iterations, per_iteration = _iterations(self.method, hyper_iterations, T)
         P = _check_population(population, hparams)
+        if tasks is not None:
+            self._check_tasks_setting(train_data, val_data, key, P, mesh)
+        elif mesh is not None:
+            raise ValueError("mesh splits a meta-batch's tasks over devices: it needs tasks=sample")
         template = hparams if P is None else member(hparams, 0)
         spec = StepSpec(
             problem=self.problem,
@@ -350,6 +366,8 @@ class HyperOptimizer:
             treedef=jax.tree_util.tree_structure(hparams),
             warm=self.warm_restart and not isinstance(self.method, OnlineMethod),
             restart_above=self.restart_above,
+            tasks=tasks,
+            mesh=mesh,
         )
         for p in range(P or 0):  # every member's starting values must be feasible
             try:
@@ -368,9 +386,14 @@ class HyperOptimizer:
             log_scale=log_scale,  # constrained with log(): drawn on a log axis
             restarts=self.restart_above is not None,
         )
-        state = check_inputs(self.problem, template, T, train_data, val_data, key)  # the abstract initial state
+        if tasks is None:
+            state = check_inputs(self.problem, template, T, train_data, val_data, key)  # the abstract initial state
+        else:
+            state = _check_tasks(self.problem, template, T, tasks, key, mesh)
         leaves = [[n, list(np.shape(x)), str(x.dtype)] for n, x in info.named(template).items()]
         fingerprint = dict(hparams=leaves, method=repr(self.method), T=T, warm_restart=spec.warm)
+        if tasks is not None:  # what a meta-batch is: another sampler's checkpoint is refused
+            fingerprint["tasks"] = _structure(jax.eval_shape(tasks, key))
         if self.restart_above is not None:
             fingerprint["restart_above"] = self.restart_above
         fingerprint.update(describe_state(state))  # the model: a checkpoint of another one is refused
@@ -394,6 +417,27 @@ class HyperOptimizer:
             checkpoint_every=checkpoint_every,
             snapshot_every=snapshot_every,
         )
+
+    def _check_tasks_setting(self, train_data, val_data, key, population, mesh) -> None:
+        """Refuse what does not go with ``tasks=`` before anything runs."""
+        if train_data is not None or val_data is not None:
+            raise ValueError(
+                "give either tasks=sample (meta-learning: each hyper-iteration draws its own tasks) or train_data "
+                "and val_data (one task), not both"
+            )
+        if key is None:
+            raise ValueError("tasks=sample needs key=: hyper-iteration i draws its tasks with fold_in(key, i)")
+        if isinstance(self.method, OnlineMethod):
+            raise ValueError(
+                f"tasks= is for methods that restart training at every hyper-iteration; {self.method.label} is "
+                "online (one training run), which a new meta-batch of tasks at every iteration cannot continue"
+            )
+        if population is not None:
+            raise ValueError("tasks= and population= cannot be combined (a meta-batch is already vmapped)")
+        if self.warm_restart:
+            raise ValueError("tasks= and warm_restart=True cannot be combined: every meta-batch has new tasks")
+        if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}")
 
     @staticmethod
     def _fresh(run: _Run, u0) -> _LoopState:
@@ -601,6 +645,38 @@ def _iterations(method: HypergradientMethod, hyper_iterations, T) -> tuple[int, 
     return hyper_iterations, T
 
 
+def _check_tasks(problem: BilevelProblem, hparams, T, tasks, key, mesh):
+    """Check ``tasks(key)`` on shapes alone (a jittable sampler of a meta-batch) and one task's share of it as
+    :func:`hgkit.hypergradient` checks its inputs; returns the abstract initial state of one task."""
+    from .hypergrad.meta import _one_task_shape, task_count
+
+    if not callable(tasks):
+        raise TypeError(f"tasks must be a function key -> (train_data, val_data); got {type(tasks).__name__}")
+    try:
+        hash(tasks)
+    except TypeError:
+        raise TypeError(
+            f"tasks must be hashable (it is a static part of the compiled step): {type(tasks).__name__} is not; "
+            "a function, or a dataclass with eq=False, is"
+        ) from None
+    try:
+        drawn = jax.eval_shape(tasks, key)
+    except Exception as e:
+        raise type(e)(f"tasks(key) failed while traced (it must be jittable): {type(e).__name__}: {e}") from e
+    if not (isinstance(drawn, tuple) and len(drawn) == 2):
+        raise TypeError(f"tasks(key) must return a pair (train_data, val_data); it returned {_structure(drawn)}")
+    M = task_count(*drawn)
+    if mesh is not None and M % mesh.size:
+        raise ValueError(f"the meta-batch of M={M} tasks cannot be split evenly over the mesh's {mesh.size} devices")
+    train, val = (_one_task_shape(x) for x in drawn)
+    k = jax.eval_shape(lambda k: jax.random.split(k, M)[0], key)
+    return check_inputs(problem, hparams, T, train, val, k)
+
+
+def _structure(tree) -> str:
+    return str(jax.tree_util.tree_map(lambda x: f"{x.dtype}{list(x.shape)}", tree))
+
+
 def _check_population(population, hparams) -> int | None:
     """``population`` as an int, after checking that every leaf of ``hparams`` has a leading axis of that size."""
     if population is None:
@@ -623,6 +699,9 @@ def _what_failed(run: _Run, i: int, report: StepReport, hp, state) -> tuple[int 
     residual = None if report.solve_residual is None else float(report.solve_residual)
     hp, state = jax.device_get((hp, state))
     where = "the training run" if run.spec.online else "this inner run"
+    task = int(report.failed_task)
+    if run.spec.tasks is not None and task >= 0:
+        where, state = f"task {task} of the meta-batch", member(state, task)
     what = explain(failure, step, T=run.T, hparams=hp, residual=residual, state=state)
     return step, f"hyper-iteration {i} ({where}): {what}"
 

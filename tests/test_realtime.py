@@ -152,10 +152,11 @@ JACOBIANS = jax.jit(jax.jacobian(momentum_step, argnums=(0, 1)))
 
 def reference_chunks(lams, delta, discount):
     """The discounted recurrence Z_t = diag-μ A_t Z_{t-1} + B_t over chunks of Δ steps, λ changing per chunk, with
-    μ a constant or MARTHE's rule per direction. Returns per chunk (Z, δ, b, μ used) and the state."""
+    μ a constant or MARTHE's rule per direction (z from the δ of the chunk before, as the authors' code times it:
+    tests/test_marthe_reference.py). Returns per chunk (Z, δ, b, μ used) and the state."""
     s, Z = jnp.concatenate([W0, jnp.zeros(D)]), jnp.zeros((2 * D, 2))
     mu = np.zeros(2) if discount == "adapt" else np.full(2, discount)
-    c, t, out = np.zeros(2), 0, []
+    c, t, out, previous = np.zeros(2), 0, [], np.zeros(2)
     for lam in lams:
         used = mu.copy()
         for _ in range(delta):
@@ -167,9 +168,10 @@ def reference_chunks(lams, delta, discount):
         b = np.asarray(gE @ B[:D])
         out.append((np.asarray(Z), delta_, b, used))
         if discount == "adapt":
-            z = np.where(b != 0, np.clip(delta_ / np.where(b != 0, b, 1), 0, 1), 0)
+            z = np.where(b != 0, np.clip(previous / np.where(b != 0, b, 1), 0, 1), 0)
             c = (c + 1) * mu
             mu = z ** (1 / (c + 1))
+            previous = delta_
     return out, s
 
 
@@ -214,7 +216,8 @@ def test_discount_below_one_is_not_the_hypergradient():
 
 def marthe_reference(T, delta, eta0, beta0, alpha):
     """MARTHE by hand on SGD and a scalar η: Z_t = μ (I − η ∇²L_t) Z_{t−1} − ∇L_t per step; after each chunk
-    δ = ∇E·Z, b = ∇E·B; η ← max(η − β clip(δ, ±100), 0); β ← max(β + α δ δ_prev, 0); z = clip(δ/b, 0, 1),
+    δ = clip(∇E·Z, ±100), b = ∇E·B; η ← max(η − β δ, 0); β ← max(β + α δ δ_prev, 0); z = clip(δ_prev/b, 0, 1)
+    with δ_prev the chunk before's δ (the one η was updated with before this chunk; 0 before the first),
     c ← (c + 1) μ, μ ← z^(1/(c+1))."""
     grad, hess = jax.grad(mse), jax.hessian(mse)
     grad, hess = jax.jit(grad), jax.jit(hess)
@@ -232,8 +235,8 @@ def marthe_reference(T, delta, eta0, beta0, alpha):
         hyper, b = float(gE @ Z), float(gE @ B)
         d = float(np.clip(hyper, -100, 100))
         eta = max(eta - beta * d, 0.0)
+        z = float(np.clip(prev / b, 0, 1)) if b != 0 else 0.0
         beta, prev = max(beta + alpha * d * prev, 0.0), d
-        z = float(np.clip(hyper / b, 0, 1)) if b != 0 else 0.0
         c = (c + 1) * mu
         mu = z ** (1 / (c + 1))
     return rows, w
@@ -244,7 +247,7 @@ def test_marthe_mu_and_beta_match_a_hand_written_reference_over_20_steps(delta):
     T, eta0, beta0, alpha = 20 * delta, 0.05, 0.02, 0.5
     rows, w = marthe_reference(T, delta, eta0, beta0, alpha)
     problem = sgd_problem()
-    marthe = hg.RealTime(delta, discount="adapt")
+    marthe = hg.RealTime(delta, discount="adapt", clip=100.0)
     assert marthe.label == f"MARTHE (Δ = {delta})"
     tx = optax.chain(optax.clip(100.0), hg.schedules.adaptive_sgd(beta0, alpha))
     box = hg.constraints.positive(0.0)
@@ -330,6 +333,12 @@ def test_bad_settings_are_refused():
         with pytest.raises(ValueError, match="adaptive_sgd"):
             hg.schedules.adaptive_sgd(**kwargs)
     assert hg.RealTime(5, discount=0.5).label == "RTHO, discount μ = 0.5 (Δ = 5)"
+    with pytest.raises(ValueError, match=r'RealTime\(clip=...\) bounds .* discount="adapt"; with discount=0.5'):
+        hg.RealTime(5, discount=0.5, clip=100.0)
+    for bad in (0.0, -1.0, float("inf"), "big"):
+        with pytest.raises(ValueError, match=r"RealTime\(clip=...\) must be None or a number > 0"):
+            hg.RealTime(5, discount="adapt", clip=bad)
+    assert hg.RealTime(5, discount="adapt", clip=np.float32(10)).clip == 10.0
 
 
 # ----- the loop's guard for a run at the edge of stability ---------------------------------------------------------

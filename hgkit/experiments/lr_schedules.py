@@ -281,7 +281,7 @@ def online_settings(config: Config, factor: float = 1.0) -> dict:
         "hypergradient descent": (hg.RealTime(1, discount=0.0), optax.chain(clip, optax.sgd(hd)), hd),
         "RTHO": (hg.RealTime(config.delta, discount=1.0), optax.chain(clip, optax.sgd(rtho)), rtho),
         "MARTHE": (
-            hg.RealTime(config.delta, discount="adapt"),
+            hg.RealTime(config.delta, discount="adapt", clip=config.clip),
             optax.chain(clip, hg.schedules.adaptive_sgd(marthe, config.marthe_alpha)),
             marthe,
         ),

@@ -13,6 +13,7 @@ from .entry import hypergradient, hypergradient_result
 from .failures import DivergenceError, Failure, raise_if_diverged
 from .forward import Forward
 from .implicit import Implicit
+from .meta import MetaHypergradientResult, linear_head, meta_hypergradient, meta_hypergradient_result
 from .planner import Plan, plan
 from .realtime import RealTime, RealTimeState
 from .reverse import Reverse
@@ -26,6 +27,7 @@ __all__ = [
     "HypergradientMethod",
     "HypergradientResult",
     "Implicit",
+    "MetaHypergradientResult",
     "OnlineMethod",
     "Plan",
     "RealTime",
@@ -39,6 +41,9 @@ __all__ = [
     "Store",
     "hypergradient",
     "hypergradient_result",
+    "linear_head",
+    "meta_hypergradient",
+    "meta_hypergradient_result",
     "plan",
     "raise_if_diverged",
     "result",

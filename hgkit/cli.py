@@ -1,8 +1,8 @@
 """The command line: ``hgkit reproduce NAME`` runs one of the paper's experiments and writes its report.
 
-This module owns the arguments and how they choose and change an experiment's config (``--smoke``, ``--full``,
-``--seeds``, ``--set FIELD=VALUE``), and the exit status; running and reporting are the experiment module's ``run``
-and ``write_report`` (see :mod:`hgkit.experiments`).
+This module owns the arguments and how they choose an experiment's protocol (``--protocol``) and change its config
+(``--smoke``, ``--full``, ``--seeds``, ``--set FIELD=VALUE``), and the exit status; running and reporting are the
+experiment module's ``run`` and ``write_report`` (see :mod:`hgkit.experiments`).
 
 Nothing computed is lost to a failure: a method that raises on one seed is recorded (``Results.failures``) while
 the other methods and seeds go on, the report is written with the rows there are and a section "Failures", and
@@ -17,6 +17,9 @@ Examples::
     hgkit reproduce hyper-cleaning --smoke           # seconds: what the tests run
     hgkit reproduce hyper-cleaning --full --seeds 5 --out results/hyper-cleaning
     hgkit reproduce hyper-cleaning --seeds 5 --set budgets=1000,2500 --set T=500
+    hgkit reproduce hyper-cleaning --protocol reference   # as the authors' code runs it (RFHO)
+    hgkit reproduce lr-schedules --protocol reference     # MARTHE's MNIST comparison (Marthe-TF)
+    hgkit reproduce few-shot --out results/few-shot       # Omniglot meta-learning: ~10 minutes on 2 CPU cores
 
 From Python:
 
@@ -51,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     size = rep.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="tiny settings (seconds): checks that it runs")
     size.add_argument("--full", action="store_true", help="the settings of the published figures (long)")
+    rep.add_argument(
+        "--protocol",
+        metavar="NAME",
+        help="whose protocol runs the experiment: hgkit (the default) or, for hyper-cleaning and lr-schedules, "
+        "reference (the authors' code's: RFHO, Marthe-TF); its report is written under its own name beside the "
+        "default's",
+    )
     rep.add_argument("--seeds", type=int, metavar="N", help="repeat over seeds 0..N-1 (overrides the config)")
     rep.add_argument(
         "--out", type=Path, metavar="DIR", help="where to write the table and figures (default: results/NAME)"
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.experiment:
         _parser().error(f"name an experiment ({', '.join(experiments.EXPERIMENTS)}) or use --list")
     try:
-        module = experiments.load(args.experiment)
+        module = experiments.load(args.experiment, args.protocol)
     except ValueError as e:
         _parser().error(str(e))
     config = module.SMOKE if args.smoke else module.FULL if args.full else module.DEFAULT

@@ -61,12 +61,37 @@ history = (
 )
 # The same on this process alone, the whole batch on one device (no collectives).
 alone_value, alone = hg.hypergradient(problem, hparams, T, (jnp.asarray(X), jnp.asarray(Y)), (XV, YV))
+
+
+# Meta-learning: the tasks of each meta-batch split over the two processes (mesh=), against this process alone.
+def tasks(key, M=4):
+    """M least-squares tasks: support and query sets around a task's own weights."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    truth = jax.random.normal(k1, (M, 5), jnp.float64)
+    xs, xq = jax.random.normal(k2, (M, 6, 5), jnp.float64), jax.random.normal(k3, (M, 6, 5), jnp.float64)
+    return (xs, jnp.einsum("mnd,md->mn", xs, truth)), (xq, jnp.einsum("mnd,md->mn", xq, truth))
+
+
+maml = hg.BilevelProblem(
+    init=lambda hp, key: hp["theta"],
+    train_loss=lambda w, hp, b: jnp.mean((b[0] @ w - b[1]) ** 2),
+    val_loss=lambda w, hp, b: jnp.mean((b[0] @ w - b[1]) ** 2),
+    optimizer=hg.optim.sgd("lr"),
+)
+meta_hp = {"theta": jnp.zeros(5), "lr": jnp.asarray(0.05)}
+meta_opt = hg.HyperOptimizer(maml, hyper_optimizer=optax.adam(0.05))
+meta_kwargs = dict(tasks=tasks, key=jax.random.key(0), progress=False)
+meta_sharded = meta_opt.run(jax.device_put(meta_hp, replicated), 3, 4, mesh=mesh, **meta_kwargs).history
+meta_alone = meta_opt.run(meta_hp, 3, 4, **meta_kwargs).history
+
 result = {
     "devices": jax.device_count(),
     "processes": jax.process_count(),
     "sharded": {"value": repr(float(local(value))), **{k: repr(float(local(v))) for k, v in grads.items()}},
     "alone": {"value": repr(float(alone_value)), **{k: repr(float(v)) for k, v in alone.items()}},
     "history": {c: [repr(float(x)) for x in history[c]] for c in ("val_loss", "grad_norm", "lr", "log_wd")},
+    "meta": {c: [repr(float(x)) for x in meta_sharded[c]] for c in ("val_loss", "grad_norm", "lr")},
+    "meta_alone": {c: [repr(float(x)) for x in meta_alone[c]] for c in ("val_loss", "grad_norm", "lr")},
 }
 with open(out, "w") as f:
     json.dump(result, f)

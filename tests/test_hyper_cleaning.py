@@ -1,12 +1,22 @@
-"""The data hyper-cleaning experiment: its pieces against hand-computed values, and a small run end to end."""
+"""The data hyper-cleaning experiment, both protocols (hgkit's and the reference, RFHO's code's): their pieces
+against hand-computed values, and a small run of each end to end."""
 
+import contextlib
 import dataclasses
+import io
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+import pandas as pd
 import pytest
 
-from hgkit import cli
+from hgkit import cli, experiments
+from hgkit.datasets import corrupt_labels
 from hgkit.experiments import hyper_cleaning as hc
+from hgkit.experiments import hyper_cleaning_reference as ref
+from hgkit.experiments._models import plain_training
 
 
 def test_detection_scores_against_hand_count():
@@ -110,3 +120,156 @@ def test_cli_set_overrides_config_fields(tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli.main(args + ["--set", bad])
         assert message in capsys.readouterr().err
+
+
+# ----- the reference protocol (RFHO's data_hypercleaner.py): hgkit reproduce hyper-cleaning --protocol reference -----
+
+
+@pytest.fixture(scope="module")
+def reference_smoke(tmp_path_factory):
+    """``hgkit reproduce hyper-cleaning --protocol reference --smoke`` run once: its results, folder and printout."""
+    out = tmp_path_factory.mktemp("reference")
+    runs, run = [], ref.run
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(ref, "run", lambda config, **kwargs: runs.append(run(config, **kwargs)) or runs[-1])
+        status = cli.main(["reproduce", "hyper-cleaning", "--protocol", "reference", "--smoke", "--out", str(out),
+                           "--no-progress"])  # fmt: skip
+    assert status == 0
+    [results] = runs
+    return results, out, printed.getvalue()
+
+
+def test_reference_smoke_via_the_cli_writes_its_own_files(reference_smoke):
+    results, out, printed = reference_smoke
+    assert results.config == ref.SMOKE
+    # Its own names, so that both protocols' reports can share a folder.
+    assert sorted(p.name for p in out.iterdir()) == [f"hyper-cleaning-reference.{e}" for e in ("csv", "md", "png")]
+    assert (out / "hyper-cleaning-reference.png").read_bytes()[:4] == b"\x89PNG"
+    markdown = (out / "hyper-cleaning-reference.md").read_text()
+    assert "final round acc. (%)" in markdown and "reference protocol (RFHO)" in markdown
+    assert "final round acc. (%)" in printed and ref.TITLE in printed
+    table = pd.read_csv(out / "hyper-cleaning-reference.csv")
+    assert table[["budget", "seed"]].values.tolist() == [[250.0, 0]]
+
+
+def test_reference_learned_weights_are_feasible_and_learned_something(reference_smoke):
+    results, _, _ = reference_smoke
+    budget = ref.SMOKE.budgets[0]
+    weights = results.weights[(budget, 0)]
+    # The exact projection onto {0 ≤ λ ≤ 1, Σλ ≤ R}; float32 sums, hence the relative 1e-5.
+    assert weights.min() >= 0 and weights.max() <= 1 and weights.sum() <= budget * (1 + 1e-5)
+    assert (weights == 0).any()  # the lower bound is active: the projection did cut
+    [row] = results.table.to_dict("records")
+    assert row["val_loss_end"] < row["val_loss_start"]
+    corrupted = results.corrupted[0]
+    assert weights[corrupted].mean() < weights[~corrupted].mean() - 0.1
+    # The history's F1 (of the weights each iteration trained with) ends at the table's F1 of the learned ones or
+    # one Adam step behind it.
+    history = results.histories[(budget, 0)]
+    assert len(history) == ref.SMOKE.hyper_iterations and history["f1"].iloc[0] == 0.0
+    assert history["f1"].iloc[-1] == pytest.approx(row["f1"], abs=0.05)
+    # The final round's learning rate is lr / max(λ).
+    assert row["final_round_lr"] == pytest.approx(ref.SMOKE.lr / weights.max(), rel=1e-6)
+
+
+def test_reference_comparison_models_train_on_train_and_validation_stacked():
+    config = ref.Config()  # the reference's sizes: 5,000 + 5,000, 2,500 corrupted
+    data = ref.load_data(config)
+    noisy, corrupted = corrupt_labels(np.asarray(data["train"][1]), config.n_corrupt, 10, seed=0)
+    x, y = ref.stacked(data, noisy)
+    assert x.shape == (10000, 784) and y.shape == (10000,)
+    np.testing.assert_array_equal(x[:5000], data["train"][0])
+    np.testing.assert_array_equal(x[5000:], data["val"][0])
+    np.testing.assert_array_equal(y[:5000], noisy)  # the corrupted training labels
+    np.testing.assert_array_equal(y[5000:], data["val"][1])
+
+    learned = np.random.default_rng(0).uniform(0, 0.8, 5000)
+    models = ref.comparison_hparams(corrupted, config.n_val, config.lr, learned=learned)
+    assert sorted(models) == ["baseline", "final_round", "oracle"]
+    assert all(m["weights"].shape == (10000,) for m in models.values())
+    # Baseline: 7,500 clean + 2,500 corrupted + ... every weight 1.
+    np.testing.assert_array_equal(models["baseline"]["weights"], 1.0)
+    # Oracle: the corrupted examples' weights 0, the other 7,500 (2,500 clean training, 5,000 validation) 1.
+    oracle = models["oracle"]["weights"]
+    assert oracle.sum() == 7500 and (oracle[:5000][corrupted] == 0).all() and (oracle[:5000][~corrupted] == 1).all()
+    np.testing.assert_array_equal(oracle[5000:], 1.0)
+    assert models["baseline"]["lr"] == models["oracle"]["lr"] == 0.1
+    # Final round: λ on the training examples, max(λ) on the validation examples, learning rate 0.1 / max(λ).
+    final = models["final_round"]
+    np.testing.assert_array_equal(final["weights"][:5000], learned)
+    np.testing.assert_array_equal(final["weights"][5000:], learned.max())
+    assert final["lr"] == pytest.approx(0.1 / learned.max())
+    with pytest.raises(ValueError, match="every learned weight is 0"):
+        ref.comparison_hparams(corrupted, 3, 0.1, learned=np.zeros(5000))
+
+
+def test_reference_inner_learning_rate_is_normalised_by_the_budget():
+    assert [ref.normalized_lr(0.1, 5000, r) for r in (1000, 1500, 2000, 2500)] == pytest.approx([0.5, 1 / 3, 0.25, 0.2])
+    # What the normalisation is for: one step of the hyper-cleaner at λ = R/N everywhere is one step at lr on the
+    # unweighted mean loss.
+    rng = np.random.default_rng(0)
+    x, y = jnp.asarray(rng.normal(size=(40, 784)), jnp.float32), jnp.asarray(rng.integers(0, 10, 40))
+    budget = 12.0
+    config = dataclasses.replace(ref.SMOKE, n_train=40, n_corrupt=0, budgets=(budget,))
+    loop = ref.hyper_cleaner(config, 784, budget, np.zeros(40, bool))
+    start = {"weights": jnp.full(40, budget / 40, jnp.float32)}
+    cleaner = plain_training(loop.problem, start, (x, y), 1).state.params
+    plain = ref.make_problem(784, 0.1, ref.SMOKE.clip, np.float32)
+    step = plain_training(plain, {"weights": jnp.ones(40, jnp.float32)}, (x, y), 1).state.params
+    np.testing.assert_allclose(cleaner["W"], step["W"], rtol=1e-5, atol=1e-7)  # float32 rounding of lr·N/R·R/N
+
+
+def test_reference_loss_is_rfhos_clipped_cross_entropy():
+    logits = jnp.array([[0.0, 0.0], [30.0, 0.0], [0.0, 30.0]])
+    labels = jnp.array([0, 0, 0])
+    clipped, exact = ref.losses(1e-5), ref.losses(0.0)
+    np.testing.assert_allclose(clipped(logits, labels)[0], np.log(2), rtol=1e-6)  # inside the clip: exact
+    assert float(clipped(logits, labels)[2]) == pytest.approx(-np.log(1e-5), rel=1e-6)  # p ≈ e⁻³⁰: capped
+    assert float(exact(logits, labels)[2]) == pytest.approx(30.0, rel=1e-6)
+    # Outside [1e-5, 1 − 1e-5] the clip stops the gradient, as tf.clip_by_value does.
+    grads = jax.grad(lambda z: jnp.sum(clipped(z, labels)))(logits)
+    assert float(jnp.abs(grads[1:]).max()) == 0.0 and float(jnp.abs(grads[0]).max()) == pytest.approx(0.5)
+
+
+def test_reference_adam_is_rfhos():
+    """RFHO's Adam (optimizers.py): w ← w − lr·√(1−β₂ᵗ)/(1−β₁ᵗ)·m/√(v + ε), ε = 1e-14 inside the square root,
+    by hand in float64 (conftest); optax's own Adam differs where the gradients are as small as ~1e-5."""
+    g = np.array([1e-3, -2e-5, 0.0, 4.0])
+    lr, b1, b2, eps = 0.005, 0.9, 0.999, ref.ADAM_EPS
+    w, m, v = np.zeros(4), np.zeros(4), np.zeros(4)
+    tx = ref.rfho_adam(lr)
+    u, state = jnp.zeros(4), tx.init(jnp.zeros(4))
+    for t in range(1, 4):
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
+        w = w - lr * np.sqrt(1 - b2**t) / (1 - b1**t) * m / np.sqrt(v + eps)
+        step, state = tx.update(jnp.asarray(g), state)
+        u = u + step
+        np.testing.assert_allclose(np.asarray(u), w, rtol=1e-12, atol=1e-15)
+    optax_u, optax_state = jnp.zeros(4), optax.adam(lr, eps=0.0, eps_root=eps).init(jnp.zeros(4))
+    for _ in range(3):
+        step, optax_state = optax.adam(lr, eps=0.0, eps_root=eps).update(jnp.asarray(g), optax_state)
+        optax_u = optax_u + step
+    # ε against the uncorrected v shrinks the first steps of a 2e-5 gradient (by 0.75 % in three); optax's does not.
+    assert abs(float(optax_u[1]) - w[1]) > 1e-4 and abs(float(optax_u[0]) - w[0]) < 1e-6
+
+
+def test_reference_settings_are_rfho_main():
+    full = ref.FULL
+    assert (full.T, full.lr, full.hyper_iterations, full.hyper_lr) == (2000, 0.1, 500, 0.005)
+    assert full.budgets == (1000.0, 1500.0, 2000.0, 2500.0) and full.clip == 1e-5 and full.threshold == 1e-3
+    assert (full.n_train, full.n_val, full.n_test, full.n_corrupt) == (5000, 5000, 10000, 2500)
+    # The default shortens the runs only.
+    assert dataclasses.replace(ref.DEFAULT, T=2000, hyper_iterations=500, budgets=full.budgets) == full
+
+
+def test_unknown_protocol_names_the_choices(tmp_path, capsys):
+    args = ["reproduce", "hyper-cleaning", "--smoke", "--no-progress", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        cli.main(args + ["--protocol", "paper"])
+    assert "unknown protocol 'paper' for hyper-cleaning; its protocols are: hgkit, reference" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["reproduce", "cost", "--protocol", "reference"])
+    assert "unknown protocol 'reference' for cost; its protocols are: hgkit" in capsys.readouterr().err
+    assert experiments.load("hyper-cleaning", "hgkit") is experiments.load("hyper-cleaning") is hc
+    assert experiments.load("hyper-cleaning", "reference") is ref

@@ -176,3 +176,150 @@ def test_figures_keep_their_legends_off_the_curves(results):
     axes = ls.draw_sensitivity(fig, results)
     for ax in axes.values():
         assert not ax.get_lines() and "one factor on β only" in ax.texts[0].get_text()
+
+
+# ----- the reference protocol: hgkit reproduce lr-schedules --protocol reference --------------------------------
+
+
+@pytest.fixture(scope="module")
+def mnist_idx(tmp_path_factory):
+    """Full MNIST as a folder of the four IDX files (Config.mnist_dir), from the shared copy beside the project."""
+    from shared_data import SHARED_MNIST
+
+    from hgkit.datasets import encode_idx
+    from hgkit.datasets.idx import STANDARD_NAMES
+
+    if not SHARED_MNIST.exists():
+        pytest.skip(f"the full MNIST source {SHARED_MNIST} is not beside the project")
+    folder = tmp_path_factory.mktemp("mnist-idx")
+    with np.load(SHARED_MNIST) as d:
+        for key, name in STANDARD_NAMES.items():
+            (folder / name).write_bytes(encode_idx(d[key]))
+    return folder
+
+
+def _reference_early_stopping(values, patience):
+    """``marthe/utils.py`` ``early_stopping`` (lucfra/Marthe-TF, l. 228-266), transcribed, and driven as
+    ``mnist_exp`` drives it (``for i in es: ... es.send(validation_accuracy)``) with a check at every iteration:
+    the index of the last accepted check and of the last check made."""
+    accepted, checks = [], []
+
+    def early_stopping(patience, maxiters, on_accept):
+        val, pat, t = None, patience, 0
+        while pat and t < maxiters:
+            new_val = yield t
+            if new_val is not None:
+                if val is None or new_val > val:
+                    val, pat = new_val, patience
+                    on_accept(t)
+                else:
+                    pat -= 1
+            else:
+                t += 1
+        yield t
+
+    es = early_stopping(patience, len(values), accepted.append)
+    for i in es:
+        if i >= len(values):  # the generator's last yield (the reference runs one more step there)
+            break
+        checks.append(i)
+        try:
+            es.send(values[i])
+        except StopIteration:
+            pass
+    return accepted[-1], checks[-1]
+
+
+def test_reference_early_stopping_matches_the_authors_rule():
+    from hgkit.experiments import lr_schedules_reference as ref
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        values = rng.integers(0, 6, size=rng.integers(1, 40)).astype(float)  # many ties: ties do not reset
+        patience = int(rng.integers(1, 6))
+        assert ref.early_stopping(values, patience) == _reference_early_stopping(values, patience), (trial, patience)
+    # By hand: 0.4 accepted at index 3; a tie (index 4) and a drop (index 5) use the patience of 2: stop at 5.
+    assert ref.early_stopping([0.1, 0.3, 0.2, 0.4, 0.4, 0.1, 0.9], 2) == (3, 5)
+    rule = ref.EarlyStopping(2)
+    stops = [rule.update(v, step=10 * k, test=v / 2) for k, v in enumerate([0.5, 0.7, 0.6, 0.7])]
+    assert stops == [False, False, False, True] and rule.accepted == dict(check=1, value=0.7, step=10, test=0.35)
+
+
+def test_reference_hd_reads_the_training_minibatch_and_the_others_a_validation_one(mnist_idx):
+    """HD's E after hyper-iteration k is the training loss on the minibatch of step k + 1 at w_{k+1}, which is the
+    training loss hyper-iteration k + 1 reports (the same number); the validation E is not."""
+    from hgkit.experiments import lr_schedules_reference as ref
+
+    c = dataclasses.replace(ref.SMOKE, mnist_dir=str(mnist_idx))
+    ctx = ref.Context(c, ref.load_data(c), 0)
+    hd, val = (next(s for s in ref.settings(c) if s.family == f) for f in ("HD", "RTHO"))
+    assert hd.objective == "train" and hd.discount == 0.0 and val.objective == "val"
+    histories = {}
+    for setting in (hd, val):
+        result, _ = ref.online_result(setting, ctx, steps=8)
+        histories[setting.family] = h = result.history
+        (objective,) = h.attrs["objectives"]
+        histories[setting.family] = (h[objective].to_numpy(), h["train_loss"].to_numpy())
+    E, train = histories["HD"]
+    np.testing.assert_allclose(E[:-1], train[1:], rtol=1e-6)
+    E, train = histories["RTHO"]
+    assert np.max(np.abs(E[:-1] - train[1:])) > 1e-3
+    # The minibatch tables: E of HD uses the training order, the others a validation order of their own.
+    assert ctx.train_order.shape == ctx.val_order.shape == (ref.total_steps(c) + 1, c.batch_size)
+    assert int(ctx.val_order.max()) < c.n_val
+
+
+def test_reference_plain_schedules_and_learning_rate_free_optimizers(mnist_idx):
+    from hgkit.experiments import lr_schedules_reference as ref
+
+    c = dataclasses.replace(ref.SMOKE, mnist_dir=str(mnist_idx), decay_lrs=(0.1,), decay_rates=(0.5,),
+                            lr_free=("schedule_free_sgd",))  # fmt: skip
+    ctx = ref.Context(c, ref.load_data(c), 0)
+    per_epoch = ref.iterations_per_epoch(c)
+    for setting in ref.settings(c):
+        if setting.family not in ("staircase decay", "exponential decay", "schedule_free_sgd"):
+            continue
+        row, checks, schedule = ref.run_plain(setting, ctx)
+        assert row["steps"] == checks["step"].iloc[-1] and row["step_equivalents"] == row["steps"]
+        assert row["test_accuracy"] == checks.loc[checks["val_accuracy"].idxmax(), "test_accuracy"]
+        if setting.family == "schedule_free_sgd":
+            assert schedule is None
+            continue
+        t = np.arange(row["steps"]) / per_epoch
+        expected = 0.1 * 0.5 ** (np.floor(t) if setting.family == "staircase decay" else t)
+        np.testing.assert_allclose(schedule, expected, rtol=1e-5)
+
+
+def test_reference_protocol_from_the_command_line_writes_its_table_and_figures(mnist_idx, tmp_path):
+    from hgkit.cli import main
+    from hgkit.experiments import lr_schedules_reference as ref
+
+    argv = ["reproduce", "lr-schedules", "--protocol", "reference", "--smoke", "--no-progress", "--out",
+            str(tmp_path), "--set", f"mnist_dir={mnist_idx}"]  # fmt: skip
+    assert main(argv) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {f"{ref.NAME}.md", f"{ref.NAME}.csv", f"{ref.NAME}-best-so-far.png", f"{ref.NAME}-schedules.png"} <= names
+    table = pd.read_csv(tmp_path / f"{ref.NAME}.csv")
+    assert list(table["setting"]) == [s.label for s in ref.settings(ref.SMOKE)]
+    assert set(table["family"]) == {"HD", "RTHO", "MARTHE", "fixed η"}
+    assert (table["test_accuracy"] > 0.3).all() and not table["diverged"].any()
+    costs = dict(zip(table["family"], table["step_cost"], strict=True))
+    assert costs == {"HD": 3.0, "RTHO": 3.0, "MARTHE": 4.0, "fixed η": 1.0}
+    np.testing.assert_array_equal(table["step_equivalents"], table["steps"] * table["step_cost"])
+    assert (table["clipped"] >= 0).all()
+    text = (tmp_path / f"{ref.NAME}.md").read_text()
+    assert "Departures from the reference" in text and "A_tᵀ Z" in text
+
+
+def test_reference_data_route_says_how_to_provide_mnist(monkeypatch, tmp_path):
+    from hgkit.datasets import DownloadError
+    from hgkit.experiments import lr_schedules_reference as ref
+
+    def offline(*args, **kwargs):
+        raise DownloadError("mnist", "train-images-idx3-ubyte.gz", [("https://example", "no network")])
+
+    monkeypatch.setattr("hgkit.datasets.load_mnist", offline)
+    with pytest.raises(RuntimeError, match="--set mnist_dir=PATH"):
+        ref.load_data(ref.SMOKE)
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        ref.load_data(dataclasses.replace(ref.SMOKE, mnist_dir=str(tmp_path / "nowhere")))

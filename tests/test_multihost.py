@@ -1,6 +1,7 @@
 """Multi-host, on one machine: two processes joined by jax.distributed (gloo collectives on CPU), each holding half
 of the training batch, give the hypergradient one process gets alone (float64), and the loop the same history in
-both (the README's multi-host recipe; the worker is tests/multihost_worker.py)."""
+both (the README's multi-host recipe; the worker is tests/multihost_worker.py), and a meta-batch's tasks split over
+the two processes give one process's history."""
 
 from __future__ import annotations
 
@@ -49,3 +50,8 @@ def test_two_processes_agree_with_one(tmp_path):
     # Both processes hold the same replicated results, and ran the loop identically.
     assert results[0]["sharded"] == results[1]["sharded"]
     assert results[0]["history"] == results[1]["history"]
+    # Meta-learning with the tasks split over the two processes: the same history in both, and as one process alone.
+    assert results[0]["meta"] == results[1]["meta"]
+    for column, values in results[0]["meta"].items():
+        alone = [float(x) for x in results[0]["meta_alone"][column]]
+        np.testing.assert_allclose([float(x) for x in values], alone, rtol=1e-12, atol=1e-15)

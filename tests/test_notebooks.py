@@ -115,8 +115,19 @@ def check_three_modes(nb, printed: str) -> None:
     assert claims >= 3
 
 
+def check_meta_learning(nb, printed: str) -> None:
+    first, last = map(float, re.search(r"meta-batch query accuracy: first 10 (\S+), last 10 (\S+)", printed).groups())
+    assert 0 <= first <= 1 and 0 <= last <= 1
+    for name in ("meta-learned representation", "nearest neighbour on pixels"):
+        acc, interval = map(float, re.search(rf"{name}\s+5-way 1-shot: (\S+) % ± (\S+)", printed).groups())
+        assert 0 <= acc <= 100 and interval > 0
+    assert outputs_with(nb, "application/vnd.jupyter.widget-view+json")  # the dashboard
+    assert outputs_with(nb, "image/png")  # the episode
+
+
 CHECKS = {
     "quickstart": check_quickstart,
+    "meta_learning": check_meta_learning,
     "classroom": check_classroom,
     "hyper_cleaning": check_hyper_cleaning,
     "three_modes": check_three_modes,

@@ -20,13 +20,23 @@ What they share lives in the private modules: ``_config`` (the configs' checks),
 cut to size), ``_models`` (MLP, linear model, losses, plain training by :func:`hgkit.unroll`) and ``_report`` (seed
 loop, tables and figures); what a hypergradient costs in memory and time is measured by :mod:`hgkit.measure`.
 
+An experiment may be run by more than one protocol (``hgkit reproduce NAME --protocol P``): hgkit's own, the
+default, and for hyper-cleaning also ``reference``, the authors' code's (:mod:`.hyper_cleaning_reference`); each
+protocol is its own module with its own ``NAME``, so their reports sit side by side.
+
 Modules are imported on demand, so listing them costs nothing.
 
 Example:
     >>> list(EXPERIMENTS)
-    ['hyper-cleaning', 'real-time', 'task-interactions', 'cost', 'lr-schedules']
+    ['hyper-cleaning', 'real-time', 'task-interactions', 'cost', 'lr-schedules', 'few-shot']
     >>> load("cost").NAME
     'cost'
+    >>> load("hyper-cleaning", "reference").NAME
+    'hyper-cleaning-reference'
+    >>> load("cost", "reference")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown protocol 'reference' for cost; its protocols are: hgkit
 """
 
 from __future__ import annotations
@@ -40,11 +50,28 @@ EXPERIMENTS = {
     "task-interactions": "hgkit.experiments.task_interactions",
     "cost": "hgkit.experiments.cost",
     "lr-schedules": "hgkit.experiments.lr_schedules",
+    "few-shot": "hgkit.experiments.few_shot",
 }
 
+DEFAULT_PROTOCOL = "hgkit"
+PROTOCOLS = {
+    "hyper-cleaning": {"reference": "hgkit.experiments.hyper_cleaning_reference"},
+    "lr-schedules": {"reference": "hgkit.experiments.lr_schedules_reference"},
+}
+"""The protocols other than the default one (which is :data:`EXPERIMENTS`' module), per experiment."""
 
-def load(name: str) -> ModuleType:
-    """The experiment module called ``name`` (see :data:`EXPERIMENTS`)."""
+
+def protocols(name: str) -> dict[str, str]:
+    """The protocols of the experiment ``name``, the default first: ``{protocol: module}``."""
+    return {DEFAULT_PROTOCOL: EXPERIMENTS[name], **PROTOCOLS.get(name, {})}
+
+
+def load(name: str, protocol: str | None = None) -> ModuleType:
+    """The module of the experiment ``name`` (see :data:`EXPERIMENTS`) run by ``protocol`` (default: hgkit's)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; the experiments are: {', '.join(EXPERIMENTS)}")
-    return importlib.import_module(EXPERIMENTS[name])
+    choices = protocols(name)
+    protocol = DEFAULT_PROTOCOL if protocol is None else protocol
+    if protocol not in choices:
+        raise ValueError(f"unknown protocol {protocol!r} for {name}; its protocols are: {', '.join(choices)}")
+    return importlib.import_module(choices[protocol])

@@ -24,6 +24,10 @@ models, data and report files are the ones every experiment shares (``_report``,
 ``_data``). The report is ``hyper-cleaning.md`` and ``.csv`` (one row per budget and seed; the means over seeds
 in the Markdown) and ``hyper-cleaning.png``.
 
+This is hgkit's protocol. ``hgkit reproduce hyper-cleaning --protocol reference`` runs the authors' code's instead
+(:mod:`hgkit.experiments.hyper_cleaning_reference`: comparison models on the training and validation sets stacked,
+a learning rate normalised by R, T = 2,000, a final round with the learned weights).
+
 Example:
     >>> from hgkit.experiments import hyper_cleaning
     >>> config = hyper_cleaning.Config(n_train=200, n_val=200, n_test=200, n_corrupt=100, T=5,

@@ -112,7 +112,7 @@ def test_a_representation_is_scored_by_the_inner_run_it_was_meta_trained_through
     data = omniglot()
     train, _ = omniglot_split(data)
     episode = episodes(data, train, ways=5, shots=2, queries=2, dtype=jnp.float64)(jax.random.key(0))
-    blocks = nets.conv4_init(jax.random.key(2), 3, dtype=jnp.float64)
+    blocks = nets.conv4_init(jax.random.key(2), 3, blocks=2, dtype=jnp.float64)
     f = {k: nets.features(blocks, getattr(episode, k)["x"], 10.0) for k in ("support", "query")}
     scored = nets.adapt(nets.head_problem(ways=5, head_lr=0.5), f, episode.support["y"], 3)
     trained = nets.adapt(nets.hyper_representation_problem(ways=5, head_lr=0.5, scale=10.0), blocks, episode.support, 3)
@@ -127,7 +127,7 @@ def test_the_two_convolutions_agree():
 
 
 def test_mamls_20_way_start_is_its_head_averaged_over_classes():
-    theta = nets.network_init(jax.random.key(0), filters=4, ways=5)
+    theta = nets.network_init(jax.random.key(0), filters=4, ways=5, blocks=1)
     x = jax.random.uniform(jax.random.key(1), (6, 28, 28, 1), dtype=jnp.float32)
     y = jnp.arange(6) % 5
     averaged = {

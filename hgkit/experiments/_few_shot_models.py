@@ -108,9 +108,12 @@ def embed(blocks: list[dict], x, conv=conv3x3):
     return h.reshape(h.shape[0], -1)
 
 
-def feature_size(blocks: list[dict]) -> int:
-    """How many features :func:`embed` gives a 28×28 image: 2·2 cells times the last block's filters."""
-    return 4 * blocks[-1]["w"].shape[-1]
+def feature_size(blocks: list[dict], side: int = 28) -> int:
+    """How many features :func:`embed` gives a ``side``×``side`` image: each block halves the side (rounding up), so
+    four blocks leave 2·2 cells of the last block's filters."""
+    for _ in blocks:
+        side = (side + 1) // 2
+    return side * side * blocks[-1]["w"].shape[-1]
 
 
 def normalised(f):
@@ -186,7 +189,7 @@ def head_accuracy(scale: float):
     )
 
 
-def network_init(key, filters: int, ways: int, dtype=jnp.float32) -> dict:
+def network_init(key, filters: int, ways: int, blocks: int = BLOCKS, dtype=jnp.float32) -> dict:
     """MAML's θ at the start of meta-training: the conv-4 embedding (:func:`conv4_init`) and a linear output layer
     on its features at zero, ``{"embed": blocks, "head": linear_head(d, ways)}``.
 
@@ -194,8 +197,8 @@ def network_init(key, filters: int, ways: int, dtype=jnp.float32) -> dict:
     alone (a random one starts every task from the same arbitrary preferences, which a few small inner steps do not
     undo), and it keeps the cross-entropy's Hessian at θ far less indefinite: on a 1-shot episode its eigenvalues
     lay in [−13, 18] at zero, in [−76, 76] with a N(0, 1/d) layer (32 filters, scale 10)."""
-    blocks = conv4_init(key, filters, dtype=dtype)
-    return {"embed": blocks, "head": linear_head(feature_size(blocks), ways, dtype)}
+    embedding = conv4_init(key, filters, blocks, dtype=dtype)
+    return {"embed": embedding, "head": linear_head(feature_size(embedding), ways, dtype)}
 
 
 def network_logits(w: dict, x, scale: float):

@@ -87,21 +87,27 @@ class Config:
     dtype: str = "float32"
 
     def __post_init__(self):
-        check_positive_ints(self, ("n_train", "n_val", "n_test", "T", "hyper_iterations"))
-        check_split_sizes(self, ("n_train", "n_val", "n_test"))
-        check_positive_numbers(self, ("lr", "hyper_lr"))
-        check_seeds(self)
-        if not self.budgets or not all(positive_number(r) and r <= self.n_train for r in self.budgets):
-            raise ValueError(
-                f"Config.budgets must be a non-empty tuple of numbers in (0, n_train={self.n_train}]; "
-                f"got {self.budgets!r}"
-            )
-        if not (isinstance(self.n_corrupt, int) and 0 <= self.n_corrupt < self.n_train):
-            raise ValueError(f"Config.n_corrupt must be an int in [0, n_train={self.n_train}); got {self.n_corrupt!r}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"Config.threshold must be in (0, 1); got {self.threshold!r}")
+        check_config(self)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"Config.dtype must be 'float32' or 'float64'; got {self.dtype!r}")
+
+
+def check_config(config) -> None:
+    """The checks a hyper-cleaning config of either protocol makes of its shared fields (sizes, budgets,
+    corruption, threshold, seeds)."""
+    check_positive_ints(config, ("n_train", "n_val", "n_test", "T", "hyper_iterations"))
+    check_split_sizes(config, ("n_train", "n_val", "n_test"))
+    check_positive_numbers(config, ("lr", "hyper_lr"))
+    check_seeds(config)
+    if not config.budgets or not all(positive_number(r) and r <= config.n_train for r in config.budgets):
+        raise ValueError(
+            f"Config.budgets must be a non-empty tuple of numbers in (0, n_train={config.n_train}]; "
+            f"got {config.budgets!r}"
+        )
+    if not (isinstance(config.n_corrupt, int) and 0 <= config.n_corrupt < config.n_train):
+        raise ValueError(f"Config.n_corrupt must be an int in [0, n_train={config.n_train}); got {config.n_corrupt!r}")
+    if not 0 < config.threshold < 1:
+        raise ValueError(f"Config.threshold must be in (0, 1); got {config.threshold!r}")
 
 
 # Tests: seconds. The README's main job: one seed, R = 2500, a shorter horizon (minutes on 2 cores).

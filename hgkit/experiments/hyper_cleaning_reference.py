@@ -70,12 +70,10 @@ import pandas as pd
 
 import hgkit as hg
 
-from .._checks import positive_number
 from ..datasets.mnist import corrupt_labels
-from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
 from ._models import cross_entropies, linear, linear_init, plain_training
 from ._report import FailureLog, failures_note, mark_missing, markdown_table, over_seeds, save_figure, write_tables
-from .hyper_cleaning import NUM_CLASSES, _pm, accuracy_of, detection, load_data
+from .hyper_cleaning import NUM_CLASSES, _pm, accuracy_of, check_config, detection, load_data
 
 NAME = "hyper-cleaning-reference"
 TITLE = "Data hyper-cleaning on MNIST, the reference protocol (RFHO's data_hypercleaner.py)"
@@ -112,19 +110,7 @@ class Config:
     dtype: str = "float32"
 
     def __post_init__(self):
-        check_positive_ints(self, ("n_train", "n_val", "n_test", "T", "hyper_iterations"))
-        check_split_sizes(self, ("n_train", "n_val", "n_test"))
-        check_positive_numbers(self, ("lr", "hyper_lr"))
-        check_seeds(self)
-        if not self.budgets or not all(positive_number(r) and r <= self.n_train for r in self.budgets):
-            raise ValueError(
-                f"Config.budgets must be a non-empty tuple of numbers in (0, n_train={self.n_train}]; "
-                f"got {self.budgets!r}"
-            )
-        if not (isinstance(self.n_corrupt, int) and 0 <= self.n_corrupt < self.n_train):
-            raise ValueError(f"Config.n_corrupt must be an int in [0, n_train={self.n_train}); got {self.n_corrupt!r}")
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"Config.threshold must be in (0, 1); got {self.threshold!r}")
+        check_config(self)
         if not 0 <= self.clip < 0.5:
             raise ValueError(f"Config.clip must be in [0, 0.5); got {self.clip!r}")
         if self.dtype not in ("float32", "float64"):

@@ -19,6 +19,7 @@ Examples::
     hgkit reproduce hyper-cleaning --seeds 5 --set budgets=1000,2500 --set T=500
     hgkit reproduce hyper-cleaning --protocol reference   # as the authors' code runs it (RFHO)
     hgkit reproduce lr-schedules --protocol reference     # MARTHE's MNIST comparison (Marthe-TF)
+    hgkit reproduce lr-schedules --protocol factors       # from that protocol to hgkit's, one factor at a time
     hgkit reproduce few-shot --out results/few-shot       # Omniglot meta-learning: ~10 minutes on 2 CPU cores
 
 From Python:
@@ -58,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
         "--protocol",
         metavar="NAME",
         help="whose protocol runs the experiment: hgkit (the default) or, for hyper-cleaning and lr-schedules, "
-        "reference (the authors' code's: RFHO, Marthe-TF); its report is written under its own name beside the "
-        "default's",
+        "reference (the authors' code's: RFHO, Marthe-TF), and for lr-schedules factors (from one to the other, one "
+        "factor at a time); its report is written under its own name beside the default's",
     )
     rep.add_argument("--seeds", type=int, metavar="N", help="repeat over seeds 0..N-1 (overrides the config)")
     rep.add_argument(

@@ -33,3 +33,21 @@ def readme_quickstart():
         exec(compile(readme_block("## Quickstart"), "README.md", "exec"), namespace)
     assert len(namespace["x_train"]) == 50  # the block used the slice
     return namespace
+
+
+@pytest.fixture(scope="session")
+def mnist_idx(tmp_path_factory):
+    """Full MNIST as a folder of the four IDX files (Config.mnist_dir), from the shared copy beside the project."""
+    import numpy as np
+    from shared_data import SHARED_MNIST
+
+    from hgkit.datasets import encode_idx
+    from hgkit.datasets.idx import STANDARD_NAMES
+
+    if not SHARED_MNIST.exists():
+        pytest.skip(f"the full MNIST source {SHARED_MNIST} is not beside the project")
+    folder = tmp_path_factory.mktemp("mnist-idx")
+    with np.load(SHARED_MNIST) as d:
+        for key, name in STANDARD_NAMES.items():
+            (folder / name).write_bytes(encode_idx(d[key]))
+    return folder

@@ -8,7 +8,9 @@ never show a broken image (no picture before the first hyper-iteration); a scale
 going must change the drawn scale during that run, a second click too; and its Stop button, clicked in the browser
 while a run is going, must end that run early and say so, with no time left. The lr-schedules notebook must say
 what runs in every phase (a progress bar that names the training run), count the online runs in inner steps, name
-the method its dashboard ended on and show its results as rendered tables. In the classroom notebook, moving the
+the method its dashboard ended on and show its results as rendered tables. The meta-learning notebook's dashboard
+(the loop with ``tasks=``) must count its hyper-iterations live, show the meta-batch's accuracy, draw every record,
+and stop on a click with the records done. In the classroom notebook, moving the
 learning-rate slider in the browser must change the hypergradient shown, to hgkit's value at the new learning rate.
 
 ``HGKIT_SCREENSHOTS=/some/folder`` keeps a copy of every screenshot there.
@@ -341,3 +343,33 @@ def test_classroom_slider_moves_the_hypergradient(lab):
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
     page.locator(".hgkit-explorer").first.scroll_into_view_if_needed()
     screenshot(page, root, "classroom")
+
+
+def test_meta_learning_dashboard_follows_the_meta_batches_and_stops_on_click(lab):
+    """The loop with ``tasks=``: the dashboard counts the hyper-iterations, shows the meta-batch's mean query
+    accuracy, draws every record, and its Stop button ends a run early with a history of what was done."""
+    url, page, root = lab
+    open_and_run_all(page, url, "meta_learning.ipynb", timeout_ms=TIMEOUT_MS)
+    wait_for_output(page, r"nearest neighbour on pixels\s+5-way 1-shot")
+    status = wait_for_text(page, ".hgkit-dashboard-status", r"finished")
+    final = values(page)
+    total = in_kernel(url, root, "meta_learning.ipynb", "ITERATIONS")
+    assert re.search(rf"{total}\s*/\s*{total}", final) and re.search(r"accuracy\s+\d", final), (status, final)
+    points, history = drawn_records(url, root, "meta_learning.ipynb", "dashboard", "result.history")
+    assert points == {history} and history == total, (points, history, total)
+    assert broken_images(page) == 0
+
+    total = 5000  # long enough to press Stop while it runs
+    kernel_output(url, root, "meta_learning.ipynb", f"ITERATIONS = {total}")
+    run_cell(page, "result = opt.run(", wait=False)
+    wait_for_text(page, ".hgkit-dashboard-values", r"hyper-iteration\s*([3-9]|\d\d+)\s*/\s*5000")  # updating live
+    page.locator(".hgkit-stop").first.click()
+    status = wait_for_text(page, ".hgkit-dashboard-status", r"finished|stopped after")
+    stopped_at = int(re.search(r"(\d+)\s*/", values(page)).group(1))
+    assert re.search(rf"stopped after {stopped_at} of {total} hyper-iterations \(the Stop button\)", status), status
+    assert stopped_at < total, (stopped_at, total)
+    wait_for_output(page, rf"{stopped_at} hyper-iterations in \d+ s")  # the cell went on with the partial result
+    points, history = drawn_records(url, root, "meta_learning.ipynb", "dashboard", "result.history")
+    assert points == {history} and history == stopped_at, (points, history, stopped_at)
+    page.locator(".hgkit-dashboard").first.scroll_into_view_if_needed()
+    screenshot(page, root, "meta_learning-stopped")

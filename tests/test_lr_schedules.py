@@ -181,23 +181,6 @@ def test_figures_keep_their_legends_off_the_curves(results):
 # ----- the reference protocol: hgkit reproduce lr-schedules --protocol reference --------------------------------
 
 
-@pytest.fixture(scope="module")
-def mnist_idx(tmp_path_factory):
-    """Full MNIST as a folder of the four IDX files (Config.mnist_dir), from the shared copy beside the project."""
-    from shared_data import SHARED_MNIST
-
-    from hgkit.datasets import encode_idx
-    from hgkit.datasets.idx import STANDARD_NAMES
-
-    if not SHARED_MNIST.exists():
-        pytest.skip(f"the full MNIST source {SHARED_MNIST} is not beside the project")
-    folder = tmp_path_factory.mktemp("mnist-idx")
-    with np.load(SHARED_MNIST) as d:
-        for key, name in STANDARD_NAMES.items():
-            (folder / name).write_bytes(encode_idx(d[key]))
-    return folder
-
-
 def _reference_early_stopping(values, patience):
     """``marthe/utils.py`` ``early_stopping`` (lucfra/Marthe-TF, l. 228-266), transcribed, and driven as
     ``mnist_exp`` drives it (``for i in es: ... es.send(validation_accuracy)``) with a check at every iteration:

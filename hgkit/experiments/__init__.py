@@ -21,8 +21,10 @@ cut to size), ``_models`` (MLP, linear model, losses, plain training by :func:`h
 loop, tables and figures); what a hypergradient costs in memory and time is measured by :mod:`hgkit.measure`.
 
 An experiment may be run by more than one protocol (``hgkit reproduce NAME --protocol P``): hgkit's own, the
-default, and for hyper-cleaning also ``reference``, the authors' code's (:mod:`.hyper_cleaning_reference`); each
-protocol is its own module with its own ``NAME``, so their reports sit side by side.
+default, and for hyper-cleaning and lr-schedules also ``reference``, the authors' code's
+(:mod:`.hyper_cleaning_reference`, :mod:`.lr_schedules_reference`), and for lr-schedules ``factors``, the way from
+one protocol to the other one factor at a time (:mod:`.lr_schedules_factors`); each protocol is its own module with
+its own ``NAME``, so their reports sit side by side.
 
 Modules are imported on demand, so listing them costs nothing.
 
@@ -56,7 +58,10 @@ EXPERIMENTS = {
 DEFAULT_PROTOCOL = "hgkit"
 PROTOCOLS = {
     "hyper-cleaning": {"reference": "hgkit.experiments.hyper_cleaning_reference"},
-    "lr-schedules": {"reference": "hgkit.experiments.lr_schedules_reference"},
+    "lr-schedules": {
+        "reference": "hgkit.experiments.lr_schedules_reference",
+        "factors": "hgkit.experiments.lr_schedules_factors",
+    },
 }
 """The protocols other than the default one (which is :data:`EXPERIMENTS`' module), per experiment."""
 

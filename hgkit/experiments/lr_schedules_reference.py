@@ -81,7 +81,8 @@ import pandas as pd
 
 import hgkit as hg
 
-from ._config import check_positive_ints, check_positive_numbers, check_seeds
+from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
+from ._data import mnist
 from ._models import cross_entropy
 from ._report import FailureLog, failures_note, mark_missing, markdown_table, over_seeds, save_figure, write_tables
 
@@ -114,6 +115,7 @@ COLORS = dict(zip(FAMILIES, (
 
 LR_FREE = ("prodigy", "dog", "dadapt_adamw", "schedule_free_sgd")
 MODELS = ("ffnn", "cnn")
+DATA = ("full", "packaged")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,11 +136,18 @@ class Config:
         alphas: α of MARTHE's adaptive β (from ``beta_start``); empty: not run.
         beta_start: the adaptive β's start (1e-8 in the reference).
         clip: the hypergradient's clip.
+        delta: Δ of the online methods whose μ is not 0 (1 in the reference; HD and μ = 0 always take Δ = 1); a
+            run then ends at the last whole chunk.
+        objective_rows: 0 (the reference): E on a fresh validation minibatch every step; n > 0: E on the first
+            n validation images at every read-out, for every online method, HD included (hgkit's own protocol).
         fixed_lrs: the constant-η grid.
         decay_lrs, decay_rates: η_0 and the rate per epoch of the exponential and staircase decays.
         lr_free: the ``optax.contrib`` optimizers run (a subset of :data:`LR_FREE`).
         schedule_free_lr: schedule-free SGD's learning rate.
         seeds: one repetition per seed (initial weights, minibatch order).
+        data: ``"full"``: full MNIST split as TF's reader splits it (the reference); ``"packaged"``: hgkit's
+            packaged 5,000 / 5,000 / 10,000 split (:func:`hgkit.datasets.hyper_cleaning_mnist`, no download: the
+            lesson in ``notebooks/lr_schedules.ipynb``).
         mnist_dir: a folder of MNIST's four IDX files; empty: :func:`hgkit.datasets.load_mnist` (the cache).
 
     ``FULL`` is the reference's main grid (CNN, η_0 = 0.05, 15 epochs; μ ∈ {0, 0.5, 0.9, 0.999, 1, "adapt"} ×
@@ -171,22 +180,32 @@ class Config:
     alphas: tuple[float, ...] = (1e-9,)
     beta_start: float = 1e-8
     clip: float = 100.0
+    delta: int = 1
+    objective_rows: int = 0
     fixed_lrs: tuple[float, ...] = (0.03, 0.1)
     decay_lrs: tuple[float, ...] = (0.1,)
     decay_rates: tuple[float, ...] = (0.8,)
     lr_free: tuple[str, ...] = LR_FREE
     schedule_free_lr: float = 0.1
     seeds: tuple[int, ...] = (0,)
+    data: str = "full"
     mnist_dir: str = ""
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"Config.model must be one of {MODELS}; got {self.model!r}")
-        check_positive_ints(self, ("width", "n_train", "n_val", "n_test", "batch_size", "patience"))
+        if self.data not in DATA:
+            raise ValueError(f"Config.data must be one of {DATA}; got {self.data!r}")
+        if self.data == "packaged":
+            check_split_sizes(self, ("n_train", "n_val", "n_test"))
+        check_positive_ints(self, ("width", "n_train", "n_val", "n_test", "batch_size", "patience", "delta"))
         check_positive_numbers(self, ("epochs", "check_every", "clip", "beta_start", "schedule_free_lr"))
         for name, limit in (("n_train", 55000), ("n_val", 5000), ("n_test", 10000)):
             if getattr(self, name) > limit:
                 raise ValueError(f"Config.{name} ({getattr(self, name)}) exceeds TF's split ({limit})")
+        if not (isinstance(self.objective_rows, int) and 0 <= self.objective_rows <= self.n_val):
+            raise ValueError(f"Config.objective_rows must be an int in [0, n_val = {self.n_val}]; got "
+                             f"{self.objective_rows!r}")  # fmt: skip
         if self.batch_size > min(self.n_train, self.n_val):
             raise ValueError(f"Config.batch_size ({self.batch_size}) exceeds n_train or n_val")
         if not 0 <= self.momentum < 1:
@@ -231,6 +250,13 @@ FFNN = Config(
     lr_free=LR_FREE,
 )  # fmt: skip
 """The reference's commented-out setting on the whole grid (about 5 h on one CPU core)."""
+LESSON = Config(
+    data="packaged", width=100, n_train=5000, n_val=1000, n_test=2000, epochs=20.0, check_every=0.25,
+    discounts=("1", "adapt"), betas=(1e-3,), alphas=(), fixed_lrs=(0.1,), decay_lrs=(), lr_free=(),
+)  # fmt: skip
+"""The lesson of ``notebooks/lr_schedules.ipynb``: the reference's per-step algorithm (Δ = 1, E on a fresh
+minibatch, HD on the training one, momentum 0.9, early stopping) on the packaged 5,000 training images, an MLP
+784-100-10, 20 epochs (775 steps), HD, RTHO and MARTHE at β = 1e-3 beside η = 0.1 (about 20 s on 2 cores)."""
 
 
 def iterations_per_epoch(config: Config) -> int:
@@ -284,7 +310,10 @@ def early_stopping(values, patience: int) -> tuple[int, int]:
 
 def load_data(config: Config) -> dict:
     """``{"train", "val", "test"}``: TF's split of full MNIST (validation = the first 5,000 training images), cut to
-    size, images as float32 rows in [0, 1] (× 1/255), int32 labels."""
+    size, images as float32 rows in [0, 1] (× 1/255), int32 labels; with ``data="packaged"`` the packaged split's
+    first images instead."""
+    if config.data == "packaged":
+        return mnist(config.n_train, config.n_val, config.n_test)
     arrays = _full_mnist(config.mnist_dir)
     x = arrays.x_train.reshape(len(arrays.x_train), -1).astype(np.float32) * np.float32(1 / 255)
     xt = arrays.x_test.reshape(len(arrays.x_test), -1).astype(np.float32) * np.float32(1 / 255)
@@ -483,22 +512,25 @@ class Context:
         self.key = jax.random.PRNGKey(seed)
 
 
-def online_result(setting: Setting, ctx: Context, steps: int | None = None):
+def online_result(setting: Setting, ctx: Context, steps: int | None = None, callbacks=()):
     """The online configuration's loop result (at most ``steps`` inner steps; default: the whole run) and its
-    early-stopping rule, which stopped it."""
+    early-stopping rule, which stopped it; ``callbacks`` (a dashboard) follow the rule in the loop."""
     c, interval = ctx.config, check_interval(ctx.config)
     problem = make_problem(c, ctx.apply, ctx.init, hg.optim.momentum("lr", c.momentum))
+    delta = 1 if setting.discount == 0 else c.delta
     if setting.discount == "adapt":
-        method = hg.RealTime(1, discount="adapt", clip=c.clip)
+        method = hg.RealTime(delta, discount="adapt", clip=c.clip)
     else:
-        method = hg.RealTime(1, discount=setting.discount)
+        method = hg.RealTime(delta, discount=setting.discount)
     tx = optax.chain(optax.clip(c.clip), hg.schedules.adaptive_sgd(setting.beta, setting.alpha or 0.0))
 
     def at_checks(evaluate):
         def metric(p, hp):
-            step = p["t"].astype(jnp.int32) - 1  # the step just made
-            return jax.lax.cond(step % interval == 0, lambda: evaluate(p["net"]).astype(jnp.float32),
-                                lambda: jnp.float32(jnp.nan))  # fmt: skip
+            # A check when the chunk just made (steps t − Δ .. t − 1) holds a multiple of the interval; with
+            # Δ = 1, when the step just made is one.
+            last = p["t"].astype(jnp.int32) - 1
+            due = last // interval != (last - delta) // interval
+            return jax.lax.cond(due, lambda: evaluate(p["net"]).astype(jnp.float32), lambda: jnp.float32(jnp.nan))
 
         return metric
 
@@ -512,21 +544,33 @@ def online_result(setting: Setting, ctx: Context, steps: int | None = None):
             return False
         return rule.update(record["val_accuracy"], step=record["inner_steps"], test=record["test_accuracy"])
 
-    x, y = ctx.data["train"] if setting.objective == "train" else ctx.data["val"]
-    val_data = (x, y, ctx.train_order if setting.objective == "train" else ctx.val_order)
     hp = {"lr": jnp.asarray(c.lr0, jnp.float32)}
+    T = (steps or total_steps(c)) // delta * delta
     try:
-        result = opt.run(hp, T=steps or total_steps(c), train_data=ctx.batch, val_data=val_data, key=ctx.key,
-                         progress=False, callbacks=[stop])  # fmt: skip
+        result = opt.run(hp, T=T, train_data=ctx.batch, val_data=objective_data(setting, ctx), key=ctx.key,
+                         progress=False, callbacks=[stop, *callbacks])  # fmt: skip
     except hg.HyperDivergenceError as error:
         result = error.result
     return result, rule
 
 
-def run_online(setting: Setting, ctx: Context) -> tuple[dict, pd.DataFrame, np.ndarray]:
+def objective_data(setting: Setting, ctx: Context) -> tuple:
+    """``(x, y, order)`` from which E reads the rows ``order[t]`` after step t: with ``objective_rows`` = n, the
+    first n validation images every time (every method); otherwise HD the training minibatches and the others the
+    validation minibatches."""
+    rows = ctx.config.objective_rows
+    if rows:
+        x, y = ctx.data["val"]
+        return x, y, jnp.broadcast_to(jnp.arange(rows, dtype=jnp.int32), (len(ctx.val_order), rows))
+    if setting.objective == "train":
+        return (*ctx.data["train"], ctx.train_order)
+    return (*ctx.data["val"], ctx.val_order)
+
+
+def run_online(setting: Setting, ctx: Context, callbacks=()) -> tuple[dict, pd.DataFrame, np.ndarray]:
     """One online run with early stopping: its row, its checks and its η per step."""
     c = ctx.config
-    result, rule = online_result(setting, ctx)
+    result, rule = online_result(setting, ctx, callbacks=callbacks)
     history = result.history
     checks = history[history["val_accuracy"].notna()]
     checks = pd.DataFrame(dict(step=checks["inner_steps"].to_numpy(int), val_accuracy=checks["val_accuracy"],
@@ -616,14 +660,18 @@ def run_plain(setting: Setting, ctx: Context) -> tuple[dict, pd.DataFrame, np.nd
     return row, pd.DataFrame(rows, columns=["step", "val_accuracy", "test_accuracy"]), schedule
 
 
-def run_one_seed(config: Config, data: dict, seed: int, failures: FailureLog, bar=None):
-    """Every configuration on one seed: the table, and the checks and η schedules by label."""
+def run_one_seed(config: Config, data: dict, seed: int, failures: FailureLog, bar=None, callbacks=()):
+    """Every configuration on one seed: the table, and the checks and η schedules by label; ``callbacks`` follow
+    each online run."""
     ctx = Context(config, data, seed)
     rows, checks, schedules = [], {}, {}
     for setting in settings(config):
         if bar is not None:
             bar.set_description_str(f"seed {seed}: {setting.label}")
-        out = failures.attempt(seed, setting.label, run_online if setting.online else run_plain, setting, ctx)
+        if setting.online:
+            out = failures.attempt(seed, setting.label, run_online, setting, ctx, callbacks)
+        else:
+            out = failures.attempt(seed, setting.label, run_plain, setting, ctx)
         if bar is not None:
             bar.update(1)
         if out is None:
@@ -681,21 +729,24 @@ def settings_line(c: Config) -> str:
         f"{c.model} ({'784-' + str(c.width) + '-10' if c.model == 'ffnn' else 'CNN'}), momentum {c.momentum}, "
         f"{c.n_train}/{c.n_val}/{c.n_test} images, minibatches of {c.batch_size}, at most {total_steps(c)} steps "
         f"({c.epochs:g} epochs), checks every {check_interval(c)} steps, patience {c.patience}; online methods "
-        f"from η = {c.lr0:g}, Δ = 1, clip {c.clip:g}; seeds {list(c.seeds)}"
+        f"from η = {c.lr0:g}, Δ = {c.delta}{' (HD and μ = 0: 1)' if c.delta > 1 else ''}, clip {c.clip:g}"
+        + (f", E on the first {c.objective_rows} validation images" if c.objective_rows else "")
+        + f"; seeds {list(c.seeds)}"
     )
 
 
 def run(config: Config = DEFAULT, progress: bool = True, callbacks=()) -> Results:
-    """Every configuration on every seed (``callbacks`` are not used: the runs stop themselves early)."""
+    """Every configuration on every seed; ``callbacks`` (a dashboard) follow each online run's loop (the plain runs
+    are not loops of hgkit's)."""
     from tqdm.auto import tqdm
 
-    del callbacks
     bar = tqdm(total=len(config.seeds) * len(settings(config)), disable=not progress, unit="run",
                desc="loading the data")  # fmt: skip
     try:
         data = load_data(config)
         failures = FailureLog()
-        table, per_seed = over_seeds(config.seeds, lambda s: run_one_seed(config, data, s, failures, bar), failures)
+        table, per_seed = over_seeds(config.seeds, lambda s: run_one_seed(config, data, s, failures, bar, callbacks),
+                                     failures)  # fmt: skip
     finally:
         bar.close()
     checks, schedules = per_seed.get(config.seeds[0], ({}, {}))

@@ -181,10 +181,6 @@ def _metric(name: str, fn: Callable, params, hp, *query):
         _reraise(e, f"metrics[{name!r}]{call} failed: {type(e).__name__}: {e}")
 
 
-compiled_step = jax.jit(hyper_step, static_argnames=("spec", "T", "train_fn"))
-
-
-@functools.partial(jax.jit, static_argnames=("spec", "T", "train_fn"))
 def population_step(spec: StepSpec, T, train_fn, u, opt_state, carry, iteration, keys, train_batch, val_data, alive):
     """Every member's hyper-iteration at once: ``vmap`` of :func:`hyper_step` over the variables, the optax state,
     the carry and the keys (the data are shared). A member that fails now, or has failed before (``alive``
@@ -210,7 +206,6 @@ def _where(ok, a, b):
     return jnp.where(jnp.reshape(ok, ok.shape + (1,) * (a.ndim - 1)), a, b)
 
 
-@functools.partial(jax.jit, static_argnames=("spec",))
 def initial_carry(spec: StepSpec, u, key):
     """What runs on across hyper-iterations: an online method's carry, the training state for warm restarts,
     or nothing."""
@@ -220,12 +215,36 @@ def initial_carry(spec: StepSpec, u, key):
     return initial_state(spec.problem, hp, key) if spec.warm else None
 
 
+class CompiledSteps(NamedTuple):
+    """The loop's compiled functions, held by one :class:`~hgkit.HyperOptimizer` (:func:`compiled_steps`)."""
+
+    step: Callable  # (spec, T, train_fn, u, opt_state, carry, iteration, key, train_batch, val_data)
+    population: Callable  # the same, and ``alive``, for every member at once
+    initial_carry: Callable  # (spec, u, key)
+
+
+def compiled_steps() -> CompiledSteps:
+    """New jitted copies of :func:`hyper_step`, :func:`population_step` and :func:`initial_carry`.
+
+    Why copies, one set per optimizer: a trace embeds as constants the arrays the user's functions close over (a
+    ``train_data`` that indexes a training set, a metric over a test set), and jit's caches hold the compiled
+    program with them, keyed weakly by the jitted function but strongly by its static arguments. Module-level jits
+    kept every run's programs, and so its data, for the life of the process (a few hundred MB per run of an
+    experiment over full MNIST); these are freed with the optimizer that holds them. The same optimizer run again
+    reuses its compilations."""
+    return CompiledSteps(
+        jax.jit(lambda spec, T, train_fn, *args: hyper_step(spec, T, train_fn, *args), static_argnums=(0, 1, 2)),
+        jax.jit(lambda spec, T, train_fn, *args: population_step(spec, T, train_fn, *args), static_argnums=(0, 1, 2)),
+        jax.jit(lambda spec, u, key: initial_carry(spec, u, key), static_argnums=0),
+    )
+
+
 def per_member(P: int | None, fn, in_axes=0):
     """``fn`` itself for a single run, its ``vmap`` over the members of a population."""
     return fn if P is None else jax.vmap(fn, in_axes=in_axes)
 
 
-def templates(spec: StepSpec, P, T, train_fn, u0, keys, train_batch, val_data) -> dict:
+def templates(steps: CompiledSteps, spec: StepSpec, P, T, train_fn, u0, keys, train_batch, val_data) -> dict:
     """The pytree structures a checkpoint's leaves are put back into (they are not stored), and the abstract
     :class:`~hgkit.history.StepReport` of one hyper-iteration (``"report"``).
 
@@ -233,13 +252,13 @@ def templates(spec: StepSpec, P, T, train_fn, u0, keys, train_batch, val_data) -
     """
     carry_axes = (0, None if keys is None else 0)
     with precision(spec.problem):  # as the calls will run: their traces are then reused
-        carry = jax.eval_shape(per_member(P, functools.partial(initial_carry, spec), carry_axes), u0, keys)
+        carry = jax.eval_shape(per_member(P, functools.partial(steps.initial_carry, spec), carry_axes), u0, keys)
         opt_state = jax.eval_shape(per_member(P, spec.tx.init), u0)
         args = (u0, opt_state, carry, jnp.int32(0), keys, train_batch, val_data)
         if P is None:
-            out = jax.eval_shape(functools.partial(compiled_step, spec, T, train_fn), *args)
+            out = jax.eval_shape(functools.partial(steps.step, spec, T, train_fn), *args)
         else:
-            out = jax.eval_shape(functools.partial(population_step, spec, T, train_fn), *args, np.ones(P, bool))
+            out = jax.eval_shape(functools.partial(steps.population, spec, T, train_fn), *args, np.ones(P, bool))
     tree = jax.tree_util.tree_structure
     trees = dict(u=spec.treedef, opt_state=tree(opt_state), carry=tree(carry), state=tree(out[3]), last_hp=spec.treedef)
     return {**trees, "report": out[5]}  # the report's shapes: what the metrics return

@@ -69,7 +69,7 @@ from ._checkpoint import FILE as CHECKPOINT_FILE
 from ._checkpoint import check_writable, describe_state, load_checkpoint, save_checkpoint
 from ._checks import positive_int, real_number, require_positive_int
 from ._interrupt import DeferredInterrupt
-from ._loop_step import StepSpec, compiled_step, initial_carry, per_member, population_step, templates
+from ._loop_step import StepSpec, compiled_steps, per_member, templates
 from ._tree import PyTree, member, path_name, path_names
 from .history import RunInfo, StepReport, as_callbacks, notify
 from .hparams import check_hparams
@@ -275,6 +275,7 @@ class HyperOptimizer:
             restart_above = bound
         self.constraints, self.metrics, self.warm_restart = constraints, dict(metrics), bool(warm_restart)
         self.restart_above = restart_above
+        self._steps = compiled_steps()  # this optimizer's compilations, freed with it (see compiled_steps)
 
     def run(
         self,
@@ -329,7 +330,8 @@ class HyperOptimizer:
             snapshot_every, population, tasks, mesh,
         )  # fmt: skip
         u0 = per_member(run.population, lambda h: run.spec.leafwise("free", h))(_strong(hparams))
-        tmpl = templates(run.spec, run.population, T, run.train_fn, u0, run.keys, run.train_batch, val_data)
+        tmpl = templates(self._steps, run.spec, run.population, T, run.train_fn, u0, run.keys, run.train_batch,
+                         val_data)  # fmt: skip
         _check_metrics(run.spec.metrics, tmpl["report"].metrics, run.population)
         loaded = load_checkpoint(checkpoint_dir, run.fingerprint, tmpl)
         loop = _LoopState(**loaded) if loaded is not None else self._fresh(run, u0)
@@ -439,13 +441,12 @@ class HyperOptimizer:
         if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
             raise TypeError(f"mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}")
 
-    @staticmethod
-    def _fresh(run: _Run, u0) -> _LoopState:
+    def _fresh(self, run: _Run, u0) -> _LoopState:
         """The loop's state before the first hyper-iteration."""
         P = run.population
         carry_axes = (0, None if run.keys is None else 0)
         with precision(run.spec.problem):
-            carry = per_member(P, functools.partial(initial_carry, run.spec), carry_axes)(u0, run.keys)
+            carry = per_member(P, functools.partial(self._steps.initial_carry, run.spec), carry_axes)(u0, run.keys)
         return _LoopState(
             next=0,
             u=u0,
@@ -520,10 +521,12 @@ class HyperOptimizer:
         args = (loop.u, loop.opt_state, loop.carry, jnp.int32(i), run.keys, run.train_batch, run.val_data)
         with precision(run.spec.problem):  # the same value at every iteration: no recompilation
             if P is None:
-                u, opt_state, carry, state, hp, report = compiled_step(run.spec, run.T, run.train_fn, *args)
+                u, opt_state, carry, state, hp, report = self._steps.step(run.spec, run.T, run.train_fn, *args)
             else:
                 alive = np.array([p not in loop.dropped for p in range(P)])
-                u, opt_state, carry, state, hp, report = population_step(run.spec, run.T, run.train_fn, *args, alive)
+                u, opt_state, carry, state, hp, report = self._steps.population(
+                    run.spec, run.T, run.train_fn, *args, alive
+                )
         snap = i == 0 or (run.snapshot_every is not None and i % run.snapshot_every == 0)
         report, hp_host = jax.device_get((report, hp if snap else None))  # the one transfer of the iteration
         wall = loop.elapsed + time.perf_counter() - start

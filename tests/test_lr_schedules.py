@@ -306,3 +306,24 @@ def test_reference_data_route_says_how_to_provide_mnist(monkeypatch, tmp_path):
         ref.load_data(ref.SMOKE)
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         ref.load_data(dataclasses.replace(ref.SMOKE, mnist_dir=str(tmp_path / "nowhere")))
+
+
+def test_reference_over_seeds_takes_each_seeds_best_configuration_by_validation():
+    from hgkit.experiments import lr_schedules_reference as ref
+
+    rows = []
+    # Per seed and family two β; the one with the better *validation* accuracy is the family's on that seed.
+    for seed, (hd, rtho, marthe) in enumerate(((0.95, 0.97, 0.96), (0.94, 0.98, 0.97), (0.96, 0.99, 0.95))):
+        for family, test in (("HD", hd), ("RTHO", rtho), ("MARTHE", marthe)):
+            rows.append(dict(seed=seed, family=family, setting=f"{family} a", val_accuracy=0.9, test_accuracy=test,
+                             accepted_step=10, step_equivalents=30))  # fmt: skip
+            rows.append(dict(seed=seed, family=family, setting=f"{family} b", val_accuracy=0.5, test_accuracy=1.0,
+                             accepted_step=10, step_equivalents=30))  # fmt: skip
+    results = ref.Results(dataclasses.replace(ref.SMOKE, seeds=(0, 1, 2)), pd.DataFrame(rows), {}, {})
+    table = results.over_seeds().set_index("family")
+    np.testing.assert_allclose(table.loc["RTHO", "test_accuracy"], 0.98)  # never the "b" rows' 1.0
+    np.testing.assert_allclose(table.loc["RTHO", "test_half_width"], 4.302653 * 0.01 / np.sqrt(3), rtol=1e-5)
+    assert (table["seeds"] == 3).all() and (table["val_half_width"] == 0).all()
+    d = results.differences().iloc[0]
+    np.testing.assert_allclose([d["RTHO − HD"], d["MARTHE − HD"], d["RTHO − MARTHE"]], [3.0, 1.0, 2.0])
+    assert "Paired differences" in results.summary()

@@ -131,7 +131,7 @@ def test_means_and_paired_differences_over_seeds():
     np.testing.assert_allclose(m["HD"], 0.91)
     # t(0.975, 2) = 4.3027; HD's sd is 0.01: 4.3027 · 0.01 / √3.
     np.testing.assert_allclose(m["HD ±"], 4.302653 * 0.01 / np.sqrt(3), rtol=1e-5)
-    d = factors.paired_differences(table, factors.DEFAULT).iloc[0]
+    d = factors.differences(table, factors.DEFAULT).iloc[0]
     np.testing.assert_allclose(d["RTHO − HD"], 5.0)  # 5, 4, 6 points
     np.testing.assert_allclose(d["RTHO − HD ±"], 4.302653 * 1.0 / np.sqrt(3), rtol=1e-5)
     np.testing.assert_allclose(d["RTHO − MARTHE"], (2 + 1 + 3) / 3)

@@ -202,6 +202,34 @@ def mean_over_seeds(table, columns, spread=()):
     return out.reset_index()
 
 
+def t_interval(values) -> tuple[float, float]:
+    """The mean of ``values`` and the half-width of its 95 % Student-t interval (nan with fewer than two)."""
+    from scipy.stats import t
+
+    values = np.asarray(values, float)
+    values = values[~np.isnan(values)]
+    if len(values) < 2:
+        return (float(values.mean()) if len(values) else float("nan")), float("nan")
+    return float(values.mean()), float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
+
+
+def paired_differences(table, by: str, pairs, value: str = "test_accuracy", scale: float = 100.0):
+    """Per group of ``by`` (in order of first appearance): for each pair ``(a, b)`` of ``table["method"]`` values,
+    the mean over seeds of ``scale · (value_a − value_b)`` and its 95 % half-width (:func:`t_interval`); the seeds
+    pair the rows (the same data and initial weights for every method)."""
+    import pandas as pd
+
+    rows = []
+    for group, part in table.groupby(by, sort=False):
+        wide = part.pivot(index="seed", columns="method", values=value)
+        row = {by: group}
+        for a, b in pairs:
+            d = scale * (wide[a] - wide[b]) if {a, b} <= set(wide) else pd.Series(dtype=float)
+            row[f"{a} − {b}"], row[f"{a} − {b} ±"] = t_interval(d)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def over_seeds(seeds, one_seed, failures: FailureLog | None = None):
     """Call ``one_seed(seed) -> (table, *rest)`` for each seed: the tables concatenated, and each seed's rest as
     ``{seed: rest}`` (what the figures are drawn from).

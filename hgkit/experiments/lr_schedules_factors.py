@@ -40,13 +40,24 @@ import dataclasses
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
 import pandas as pd
 
 from . import lr_schedules as own
 from . import lr_schedules_reference as ref
 from ._config import check_positive_ints, check_positive_numbers, check_seeds
-from ._report import FailureLog, failures_note, mark_missing, markdown_table, over_seeds, save_figure, write_tables
+from ._report import (
+    FailureLog,
+    failures_note,
+    mark_missing,
+    markdown_table,
+    over_seeds,
+    paired_differences,
+    save_figure,
+    t_interval,
+    write_tables,
+)
 
 NAME = "lr-schedules-factors"
 TITLE = "Online learning-rate schedules: from MARTHE's protocol to hgkit's, one factor at a time"
@@ -192,6 +203,7 @@ def run_one_seed(config: Config, seed: int, failures: FailureLog, bar=None):
             if bar is not None:
                 bar.set_description_str(f"seed {seed}: {label(config, factor)}, {setting.label}")
             out = failures.attempt(seed, f"{factor}: {setting.label}", ref.run_online, setting, ctx)
+            jax.clear_caches()  # as in the reference protocol's runs: each run's program holds the training set
             if bar is not None:
                 bar.update(1)
             if out is None:
@@ -221,7 +233,7 @@ class Results:
 
     def differences(self) -> pd.DataFrame:
         """Per factor: the paired differences RTHO − HD, MARTHE − HD and RTHO − MARTHE, mean and 95 % half-width."""
-        return paired_differences(self.table, self.config)
+        return differences(self.table, self.config)
 
     def summary(self) -> str:
         return (
@@ -236,14 +248,7 @@ class Results:
         return self.summary()
 
 
-def _half_width(values) -> float:
-    """The half-width of the 95 % Student-t interval of the mean (nan with one value)."""
-    from scipy.stats import t
-
-    values = np.asarray(values, float)
-    if len(values) < 2:
-        return math.nan
-    return float(t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+PAIRS = (("RTHO", "HD"), ("MARTHE", "HD"), ("RTHO", "MARTHE"))
 
 
 def means(table: pd.DataFrame, config: Config) -> pd.DataFrame:
@@ -251,25 +256,17 @@ def means(table: pd.DataFrame, config: Config) -> pd.DataFrame:
     for factor, group in table.groupby("factor", sort=False):
         row = {"factor": label(config, factor), "seeds": group["seed"].nunique()}
         for method in METHODS:
-            acc = group.loc[group["method"] == method, "test_accuracy"]
-            row[method], row[f"{method} ±"] = acc.mean(), _half_width(acc)
+            row[method], row[f"{method} ±"] = t_interval(group.loc[group["method"] == method, "test_accuracy"])
         present = [m for m in METHODS if not math.isnan(row[m])]
         row["order"] = " > ".join(sorted(present, key=lambda m: -row[m]))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def paired_differences(table: pd.DataFrame, config: Config) -> pd.DataFrame:
-    pairs = (("RTHO", "HD"), ("MARTHE", "HD"), ("RTHO", "MARTHE"))
-    rows = []
-    for factor, group in table.groupby("factor", sort=False):
-        wide = group.pivot(index="seed", columns="method", values="test_accuracy")
-        row = {"factor": label(config, factor)}
-        for a, b in pairs:
-            d = 100 * (wide[a] - wide[b]).dropna() if {a, b} <= set(wide) else pd.Series(dtype=float)
-            row[f"{a} − {b}"], row[f"{a} − {b} ±"] = d.mean(), _half_width(d)
-        rows.append(row)
-    return pd.DataFrame(rows)
+def differences(table: pd.DataFrame, config: Config) -> pd.DataFrame:
+    out = paired_differences(table, "factor", PAIRS)
+    out["factor"] = [label(config, f) for f in out["factor"]]
+    return out
 
 
 def settings_line(c: Config) -> str:
@@ -316,7 +313,8 @@ def draw_means(ax, results: Results) -> list:
             if not len(acc):
                 continue
             y = i + offset
-            artists.append(ax.errorbar(acc.mean(), y, xerr=_half_width(acc) if len(acc) > 1 else None, fmt="s",
+            mean, half = t_interval(acc)
+            artists.append(ax.errorbar(mean, y, xerr=None if math.isnan(half) else half, fmt="s",
                                        color=COLORS[method], capsize=3, label=method if i == 0 else None))  # fmt: skip
             artists.append(ax.scatter(acc, np.full(len(acc), y), s=10, color=COLORS[method], alpha=0.5))
     ax.set_yticks(range(len(factors)), [label(results.config, f) for f in factors])

@@ -84,7 +84,17 @@ import hgkit as hg
 from ._config import check_positive_ints, check_positive_numbers, check_seeds, check_split_sizes
 from ._data import mnist
 from ._models import cross_entropy
-from ._report import FailureLog, failures_note, mark_missing, markdown_table, over_seeds, save_figure, write_tables
+from ._report import (
+    FailureLog,
+    failures_note,
+    mark_missing,
+    markdown_table,
+    over_seeds,
+    paired_differences,
+    save_figure,
+    t_interval,
+    write_tables,
+)
 
 NAME = "lr-schedules-reference"
 TITLE = "Online learning-rate schedules on MNIST by MARTHE's protocol (lucfra/Marthe-TF)"
@@ -672,6 +682,9 @@ def run_one_seed(config: Config, data: dict, seed: int, failures: FailureLog, ba
             out = failures.attempt(seed, setting.label, run_online, setting, ctx, callbacks)
         else:
             out = failures.attempt(seed, setting.label, run_plain, setting, ctx)
+        # Every run compiles its own program, with the training set as a constant; JAX's caches would keep each one
+        # (tens of runs over full MNIST ran out of 24 GB).
+        jax.clear_caches()
         if bar is not None:
             bar.update(1)
         if out is None:
@@ -712,13 +725,32 @@ class Results:
                             configurations=len(group)))  # fmt: skip
         return pd.DataFrame(out)
 
+    def over_seeds(self) -> pd.DataFrame:
+        """Per family: the seeds, and the test and validation accuracy of each seed's best configuration, mean and
+        95 % Student-t half-width over the seeds."""
+        rows = []
+        for family, group in self.best().groupby("family", sort=False):
+            test, test_half = t_interval(group["test_accuracy"])
+            val, val_half = t_interval(group["val_accuracy"])
+            rows.append(dict(family=family, seeds=len(group), test_accuracy=test, test_half_width=test_half,
+                             val_accuracy=val, val_half_width=val_half))  # fmt: skip
+        return pd.DataFrame(rows)
+
+    def differences(self) -> pd.DataFrame:
+        """The paired differences (points of test accuracy) between the best configurations of RTHO, MARTHE and HD
+        over the seeds, mean and 95 % half-width."""
+        best = self.best().rename(columns={"family": "method"}).assign(protocol="reference")
+        return paired_differences(best, "protocol", (("RTHO", "HD"), ("MARTHE", "HD"), ("RTHO", "MARTHE")))
+
     def summary(self) -> str:
         c = self.config
-        return (
-            f"{TITLE}\n{settings_line(c)}\n\nBest of each family (by validation accuracy):\n"
-            + markdown_table(self.best(), 4)
-            + failures_note(self.failures)
+        text = f"{TITLE}\n{settings_line(c)}\n\nBest of each family (by validation accuracy):\n" + markdown_table(
+            self.best(), 4
         )
+        if len(c.seeds) > 1:
+            text += "\n\nOver the seeds (mean ± 95 %):\n" + markdown_table(self.over_seeds(), 4)
+            text += "\n\nPaired differences (points):\n" + markdown_table(self.differences(), 2)
+        return text + failures_note(self.failures)
 
     def __repr__(self) -> str:
         return self.summary()
@@ -841,8 +873,16 @@ def write_report(results: Results, out_dir) -> list[Path]:
         + "\n\n## Best configuration of each family (by validation accuracy at its accepted point)\n\n"
         + markdown_table(results.best(), 4)
         + "\n\n"
-        + DEPARTURES
     )
+    if len(c.seeds) > 1:
+        notes += (
+            "## Over the seeds: each seed's best configuration, mean ± 95 % (Student t)\n\n"
+            + markdown_table(results.over_seeds(), 4)
+            + "\n\n## Paired differences over the seeds (points of test accuracy, ± 95 %)\n\n"
+            + markdown_table(results.differences(), 2)
+            + "\n\n"
+        )
+    notes += DEPARTURES
     paths = write_tables(results.table, out_dir, NAME, TITLE, notes, results.failures)
     fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     draw_best_so_far(ax, results)

@@ -50,7 +50,7 @@ from .problem import (
     unroll,
 )
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 __all__ = [
     "BilevelProblem",

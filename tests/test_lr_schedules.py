@@ -327,3 +327,20 @@ def test_reference_over_seeds_takes_each_seeds_best_configuration_by_validation(
     d = results.differences().iloc[0]
     np.testing.assert_allclose([d["RTHO − HD"], d["MARTHE − HD"], d["RTHO − MARTHE"]], [3.0, 1.0, 2.0])
     assert "Paired differences" in results.summary()
+
+
+def test_reference_packaged_data_is_the_packaged_split_and_bad_choices_are_refused():
+    from hgkit.datasets import hyper_cleaning_mnist
+    from hgkit.experiments import lr_schedules_reference as ref
+
+    c = dataclasses.replace(ref.SMOKE, data="packaged")
+    data = ref.load_data(c)  # no download, no mnist_dir
+    split = hyper_cleaning_mnist()
+    np.testing.assert_array_equal(data["train"][0], split.x_train[: c.n_train])
+    np.testing.assert_array_equal(data["val"][1], split.y_val[: c.n_val])
+    assert data["test"][0].shape == (c.n_test, 784)
+    with pytest.raises(ValueError, match=r"Config.data must be one of \('full', 'packaged'\); got 'cifar'"):
+        dataclasses.replace(ref.SMOKE, data="cifar")
+    with pytest.raises(ValueError, match=r"Config.n_train must be at most 5000 \(the packaged split\); got 55000"):
+        dataclasses.replace(ref.DEFAULT, data="packaged")
+    assert ref.LESSON.data == "packaged" and ref.total_steps(ref.LESSON) == 775

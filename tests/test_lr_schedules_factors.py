@@ -56,6 +56,12 @@ def test_each_row_changes_its_factor_alone_to_hgkits_value():
     assert (everything.delta, everything.objective_rows, everything.width, everything.lr0, everything.n_train) == (
         o.delta, o.n_hyper, o.width, o.lr, o.n_train)  # fmt: skip
     assert settings == knobs
+    # hgkit: all five, with hgkit's minibatch and about its steps (the last check within them), checks unchanged.
+    whole, settings = factors.variant(c, "hgkit")
+    assert _fields(whole) == _fields(dataclasses.replace(everything, batch_size=o.batch_size, epochs=whole.epochs,
+                                                         check_every=whole.check_every))  # fmt: skip
+    assert o.T - ref.check_interval(base) < ref.total_steps(whole) <= o.T and settings == knobs
+    assert ref.check_interval(whole) == ref.check_interval(base)
 
 
 def test_bad_factors_are_refused_before_any_run():
@@ -117,7 +123,10 @@ def test_factors_from_the_command_line_write_their_table_and_figures(mnist_idx, 
     steps = table.set_index(["factor", "method"])["steps"]
     assert steps["delta", "HD"] == steps["reference", "HD"] == ref.total_steps(ref.SMOKE)
     assert steps["delta", "RTHO"] == ref.total_steps(ref.SMOKE) // 2 * 2
+    # The last check's accuracies beside the accepted point's (which is the best check, so never below it).
+    assert (table["val_accuracy"] >= table["last_val_accuracy"]).all()
     text = (tmp_path / f"{stem}.md").read_text()
+    assert "at the last check" in text
     assert "Paired differences" in text and "Δ = 2 (RTHO, MARTHE)" in text
 
 

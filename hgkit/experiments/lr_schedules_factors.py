@@ -15,11 +15,15 @@ grid's winner for all three on seed 0), and changes one factor at a time to hgki
 * ``width``: an MLP 784-100-10 instead of 784-800-10;
 * ``knobs``: hgkit's knobs, fixed beforehand, instead of the reference grid's winner: η_0 = 0.01 (not 0), HD
   β = 0.03, RTHO β = 0.003, MARTHE β_0 = 0.003 with the adaptive β (α = 1e-5);
-* ``all``: the five at once.
+* ``all``: the five at once;
+* ``hgkit``: the five, and hgkit's minibatches of 100 and its 2,000 steps: hgkit's protocol run by this module.
 
-In every row the rest is the reference's: minibatches of 128, momentum 0.9, the clip at 100, early stopping
-(never triggered in 4 epochs: the accepted point is the best check), the test accuracy at the accepted point. What
-hgkit's protocol does that no row does: minibatches of 100, 2,000 steps, the last point instead of the best check.
+Every row is reported twice: at the accepted point (the reference's early stopping: the best of the checks) and at
+the last check (hgkit's protocol reports the end of the run).
+
+In every row the rest is the reference's: minibatches of 128 (but ``hgkit``), momentum 0.9, the clip at 100, early
+stopping (never triggered in 4 epochs: the accepted point is the best check). What even the ``hgkit`` row keeps of
+the reference: checks every 21 steps on the whole validation set, and its minibatch tables.
 
 The table has a row per (factor, method, seed); the summary gives per factor the mean test accuracy of each method
 over the seeds with its 95 % Student-t interval, the order of the means, and the paired differences (each seed runs
@@ -70,6 +74,7 @@ FACTORS = {
     "width": "MLP 784-{narrow}-10",
     "knobs": "hgkit's fixed knobs",
     "all": "all five",
+    "hgkit": "all five, minibatches of {batch_size}, {steps:,} steps",
 }
 """The factors, by their name on the command line, and their label in the report (a template of the config's
 fields: :func:`label`)."""
@@ -94,6 +99,7 @@ class Config:
         beta: the step β of SGD on η of every method in the rows other than ``knobs``.
         delta, small_train, objective_rows, narrow: hgkit's Δ, training images, validation images of E and
             hidden units (the ``delta``, ``training-set``, ``objective`` and ``width`` factors).
+        batch_size, steps: hgkit's minibatch and run length (the ``hgkit`` row).
         factors: the factors run (keys of :data:`FACTORS`).
         seeds: one repetition per seed (initial weights, minibatch order); every factor runs on every seed.
         mnist_dir: a folder of MNIST's four IDX files; empty: :func:`hgkit.datasets.load_mnist` (the cache).
@@ -114,13 +120,15 @@ class Config:
     small_train: int = own.DEFAULT.n_train
     objective_rows: int = own.DEFAULT.n_hyper
     narrow: int = own.DEFAULT.width
+    batch_size: int = own.DEFAULT.batch_size
+    steps: int = own.DEFAULT.T
     factors: tuple[str, ...] = tuple(FACTORS)
     seeds: tuple[int, ...] = (0, 1, 2)
     mnist_dir: str = ""
 
     def __post_init__(self):
         check_positive_ints(self, ("width", "n_train", "n_val", "n_test", "patience", "delta", "small_train"))
-        check_positive_ints(self, ("objective_rows", "narrow"))
+        check_positive_ints(self, ("objective_rows", "narrow", "batch_size", "steps"))
         check_positive_numbers(self, ("epochs", "check_every", "beta"))
         unknown = [f for f in self.factors if f not in FACTORS]
         if unknown or not self.factors:
@@ -150,6 +158,14 @@ def _fewer_images(config: Config, c: ref.Config) -> ref.Config:
                                check_every=(interval + 0.5) / per_epoch)  # fmt: skip
 
 
+def _hgkit_length(config: Config, c: ref.Config) -> ref.Config:
+    """hgkit's minibatch and about its number of steps (the last check within ``steps``), checks as before."""
+    interval = ref.check_interval(c)
+    per_epoch = c.n_train // config.batch_size
+    return dataclasses.replace(c, batch_size=config.batch_size, epochs=config.steps / per_epoch,
+                               check_every=(interval + 0.5) / per_epoch)  # fmt: skip
+
+
 CHANGES = {
     "delta": lambda config, c: dataclasses.replace(c, delta=config.delta),
     "training-set": _fewer_images,
@@ -174,10 +190,12 @@ def knob_settings() -> list[ref.Setting]:
 def variant(config: Config, factor: str) -> tuple[ref.Config, list[ref.Setting]]:
     """The reference protocol's config and the three methods' settings with ``factor`` changed (``all``: every
     factor)."""
-    changed = [f for f in CHANGES if f == factor or factor == "all"]
+    changed = [f for f in CHANGES if f == factor or factor in ("all", "hgkit")]
     c = reference_config(config)
     for name in changed:
         c = CHANGES[name](config, c)
+    if factor == "hgkit":
+        c = _hgkit_length(config, c)
     settings = knob_settings() if "knobs" in changed else [s for s in ref.settings(c) if s.family in METHODS]
     return c, settings
 
@@ -208,7 +226,9 @@ def run_one_seed(config: Config, seed: int, failures: FailureLog, bar=None):
                 bar.update(1)
             if out is None:
                 continue
-            row, _, lr = out
+            row, checks, lr = out
+            last = checks.iloc[-1] if len(checks) else {"val_accuracy": math.nan, "test_accuracy": math.nan}
+            row |= {"last_val_accuracy": last["val_accuracy"], "last_test_accuracy": last["test_accuracy"]}
             every = 1 if setting.discount == 0 else c.delta  # η is recorded once per chunk of Δ steps
             schedules[factor, setting.family] = (every * np.arange(1, len(lr) + 1), lr)
             rows.append(dict(factor=factor, method=setting.family, **row))
@@ -227,22 +247,29 @@ class Results:
     schedules: dict
     failures: tuple = ()
 
-    def means(self) -> pd.DataFrame:
-        """Per factor: each method's mean test accuracy over the seeds, its 95 % half-width, and the order."""
-        return means(self.table, self.config)
+    def means(self, value: str = "test_accuracy") -> pd.DataFrame:
+        """Per factor: each method's mean test accuracy over the seeds (``"last_test_accuracy"``: at the last
+        check), its 95 % half-width, and the order."""
+        return means(self.table, self.config, value)
 
-    def differences(self) -> pd.DataFrame:
+    def differences(self, value: str = "test_accuracy") -> pd.DataFrame:
         """Per factor: the paired differences RTHO − HD, MARTHE − HD and RTHO − MARTHE, mean and 95 % half-width."""
-        return differences(self.table, self.config)
+        return differences(self.table, self.config, value)
+
+    def tables(self) -> str:
+        """The means and the paired differences, at the accepted point and at the last check, as Markdown."""
+        out = []
+        for value, where in (("test_accuracy", "at the accepted point"), ("last_test_accuracy", "at the last check")):
+            out += [
+                f"## Test accuracy {where}, mean over seeds ± 95 % (Student t)",
+                markdown_table(self.means(value), 4),
+                f"## Paired differences {where} (points of accuracy, ± 95 %)",
+                markdown_table(self.differences(value), 2),
+            ]
+        return "\n\n".join(out)
 
     def summary(self) -> str:
-        return (
-            f"{TITLE}\n{settings_line(self.config)}\n\nTest accuracy at the accepted point, mean over seeds ± 95 %:\n"
-            + markdown_table(self.means(), 4)
-            + "\n\nPaired differences (points of accuracy):\n"
-            + markdown_table(self.differences(), 2)
-            + failures_note(self.failures)
-        )
+        return f"{TITLE}\n{settings_line(self.config)}\n\n" + self.tables() + failures_note(self.failures)
 
     def __repr__(self) -> str:
         return self.summary()
@@ -251,20 +278,22 @@ class Results:
 PAIRS = (("RTHO", "HD"), ("MARTHE", "HD"), ("RTHO", "MARTHE"))
 
 
-def means(table: pd.DataFrame, config: Config) -> pd.DataFrame:
+def means(table: pd.DataFrame, config: Config, value: str = "test_accuracy") -> pd.DataFrame:
+    """Per factor each method's mean of ``value`` over the seeds, its 95 % half-width, and the order of the means."""
     rows = []
     for factor, group in table.groupby("factor", sort=False):
         row = {"factor": label(config, factor), "seeds": group["seed"].nunique()}
         for method in METHODS:
-            row[method], row[f"{method} ±"] = t_interval(group.loc[group["method"] == method, "test_accuracy"])
+            row[method], row[f"{method} ±"] = t_interval(group.loc[group["method"] == method, value])
         present = [m for m in METHODS if not math.isnan(row[m])]
         row["order"] = " > ".join(sorted(present, key=lambda m: -row[m]))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def differences(table: pd.DataFrame, config: Config) -> pd.DataFrame:
-    out = paired_differences(table, "factor", PAIRS)
+def differences(table: pd.DataFrame, config: Config, value: str = "test_accuracy") -> pd.DataFrame:
+    """Per factor the paired differences of ``value`` (points) between the methods, mean and 95 % half-width."""
+    out = paired_differences(table, "factor", PAIRS, value)
     out["factor"] = [label(config, f) for f in out["factor"]]
     return out
 
@@ -274,7 +303,7 @@ def settings_line(c: Config) -> str:
     return (
         f"from {ref.settings_line(base)}; each method at β = {c.beta:g} except in the knobs row; hgkit's values: "
         f"Δ = {c.delta}, {c.small_train} training images, E on {c.objective_rows} validation images, width "
-        f"{c.narrow}, η₀ = {own.DEFAULT.lr:g}"
+        f"{c.narrow}, η₀ = {own.DEFAULT.lr:g}, minibatches of {c.batch_size}, {c.steps} steps"
     )
 
 
@@ -345,13 +374,7 @@ def write_report(results: Results, out_dir) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    notes = (
-        settings_line(results.config)
-        + "\n\n## Test accuracy at the accepted point, mean over seeds ± 95 % (Student t)\n\n"
-        + markdown_table(results.means(), 4)
-        + "\n\n## Paired differences over seeds (points of accuracy, ± 95 %)\n\n"
-        + markdown_table(results.differences(), 2)
-    )
+    notes = settings_line(results.config) + "\n\n" + results.tables()
     paths = write_tables(results.table, out_dir, NAME, TITLE, notes, results.failures)
     fig, ax = plt.subplots(figsize=(10, 0.6 * len(results.config.factors) + 1.5), layout="constrained")
     draw_means(ax, results)

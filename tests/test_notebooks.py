@@ -125,8 +125,18 @@ def check_meta_learning(nb, printed: str) -> None:
     assert outputs_with(nb, "image/png")  # the episode
 
 
+def check_lr_schedules(nb, printed: str) -> None:
+    line = re.search(r"on MARTHE's protocol, test accuracy at the accepted point: (.*)", printed).group(1)
+    accuracy = {name: float(value) for name, value in re.findall(r"([^,]+?) (\S+) %", line)}
+    assert {"HD", "RTHO", "MARTHE", "fixed η"} <= {name.strip() for name in accuracy}, line
+    assert all(60 < value <= 100 for value in accuracy.values()), accuracy  # trained: chance is 10 %, smoke ~85 %
+    assert len(outputs_with(nb, "application/vnd.jupyter.widget-view+json")) >= 2  # both dashboards
+    assert outputs_with(nb, "image/png")
+
+
 CHECKS = {
     "quickstart": check_quickstart,
+    "lr_schedules": check_lr_schedules,
     "meta_learning": check_meta_learning,
     "classroom": check_classroom,
     "hyper_cleaning": check_hyper_cleaning,

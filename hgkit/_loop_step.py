@@ -233,10 +233,20 @@ def compiled_steps() -> CompiledSteps:
     experiment over full MNIST); these are freed with the optimizer that holds them. The same optimizer run again
     reuses its compilations."""
     return CompiledSteps(
-        jax.jit(lambda spec, T, train_fn, *args: hyper_step(spec, T, train_fn, *args), static_argnums=(0, 1, 2)),
-        jax.jit(lambda spec, T, train_fn, *args: population_step(spec, T, train_fn, *args), static_argnums=(0, 1, 2)),
-        jax.jit(lambda spec, u, key: initial_carry(spec, u, key), static_argnums=0),
+        jax.jit(_new(hyper_step), static_argnums=(0, 1, 2)),
+        jax.jit(_new(population_step), static_argnums=(0, 1, 2)),
+        jax.jit(_new(initial_carry), static_argnums=0),
     )
+
+
+def _new(fn: Callable) -> Callable:
+    """A new function object that calls ``fn``, under ``fn``'s name (the name of the compiled program)."""
+
+    @functools.wraps(fn)
+    def call(*args):
+        return fn(*args)
+
+    return call
 
 
 def per_member(P: int | None, fn, in_axes=0):

@@ -344,3 +344,22 @@ def test_reference_packaged_data_is_the_packaged_split_and_bad_choices_are_refus
     with pytest.raises(ValueError, match=r"Config.n_train must be at most 5000 \(the packaged split\); got 55000"):
         dataclasses.replace(ref.DEFAULT, data="packaged")
     assert ref.LESSON.data == "packaged" and ref.total_steps(ref.LESSON) == 775
+
+
+def test_reference_mlp_hgkit_is_hgkits_own_network():
+    import jax
+    import jax.numpy as jnp
+
+    from hgkit.experiments import _models
+    from hgkit.experiments import lr_schedules_reference as ref
+
+    key, x = jax.random.key(0), jnp.linspace(0, 1, 2 * 784, dtype=jnp.float32).reshape(2, 784)
+    init, apply = ref.network(dataclasses.replace(ref.SMOKE, mlp="hgkit"))
+    params = init(key)
+    expected = _models.mlp_init(key, 784, ref.SMOKE.width, 10)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), params, expected))
+    np.testing.assert_array_equal(apply(params, x), _models.mlp(params, x))  # tanh, not the reference's ReLU
+    _, reference_apply = ref.network(ref.SMOKE)
+    assert not np.allclose(reference_apply(params, x), apply(params, x))
+    with pytest.raises(ValueError, match="Config.mlp must be 'reference' or 'hgkit'; got 'resnet'"):
+        dataclasses.replace(ref.SMOKE, mlp="resnet")

@@ -56,10 +56,13 @@ def test_each_row_changes_its_factor_alone_to_hgkits_value():
     assert (everything.delta, everything.objective_rows, everything.width, everything.lr0, everything.n_train) == (
         o.delta, o.n_hyper, o.width, o.lr, o.n_train)  # fmt: skip
     assert settings == knobs
-    # hgkit: all five, with hgkit's minibatch and about its steps (the last check within them), checks unchanged.
+    # The network: hgkit's MLP in place of the reference's, nothing else.
+    network, settings = factors.variant(c, "network")
+    assert _fields(network) == _fields(dataclasses.replace(base, mlp="hgkit")) and settings == base_settings
+    # hgkit: all five, hgkit's MLP, its minibatch and about its steps (the last check within them), checks unchanged.
     whole, settings = factors.variant(c, "hgkit")
-    assert _fields(whole) == _fields(dataclasses.replace(everything, batch_size=o.batch_size, epochs=whole.epochs,
-                                                         check_every=whole.check_every))  # fmt: skip
+    hgkits = dict(mlp="hgkit", batch_size=o.batch_size, epochs=whole.epochs, check_every=whole.check_every)
+    assert _fields(whole) == _fields(dataclasses.replace(everything, **hgkits))
     assert o.T - ref.check_interval(base) < ref.total_steps(whole) <= o.T and settings == knobs
     assert ref.check_interval(whole) == ref.check_interval(base)
 

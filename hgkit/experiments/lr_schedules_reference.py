@@ -143,6 +143,8 @@ class Config:
     Attributes:
         model: ``"ffnn"`` (784-``width``-10) or ``"cnn"``.
         width: the FFNN's hidden units (800 in the reference).
+        mlp: ``"reference"``: the FFNN as the reference builds it (ReLU, Glorot-uniform weights); ``"hgkit"``: hgkit's
+            own MLP (tanh, weights N(0, 1/fan_in)), for :mod:`.lr_schedules_factors`.
         n_train, n_val, n_test: the first images of TF's 55,000 / 5,000 / 10,000 split.
         batch_size, momentum: 128 and 0.9.
         epochs: the longest run, in epochs of ``n_train // batch_size`` steps.
@@ -184,6 +186,7 @@ class Config:
 
     model: str = "ffnn"
     width: int = 800
+    mlp: str = "reference"
     n_train: int = 55000
     n_val: int = 5000
     n_test: int = 10000
@@ -212,6 +215,8 @@ class Config:
     def __post_init__(self):
         if self.model not in MODELS:
             raise ValueError(f"Config.model must be one of {MODELS}; got {self.model!r}")
+        if self.mlp not in ("reference", "hgkit"):
+            raise ValueError(f"Config.mlp must be 'reference' or 'hgkit'; got {self.mlp!r}")
         if self.data not in DATA:
             raise ValueError(f"Config.data must be one of {DATA}; got {self.data!r}")
         if self.data == "packaged":

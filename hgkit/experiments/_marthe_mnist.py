@@ -101,7 +101,7 @@ def _glorot(key, shape, fan_in: int, fan_out: int):
 
 def network(config: Config):
     """``(init(key) -> params, apply(params, x) -> logits)`` of the reference's ``ffnn`` or ``cnn``; with
-    ``config.mlp == "hgkit"`` the FFNN is hgkit's own MLP instead (:func:`._models.mlp`: tanh, weights N(0, 1/fan_in),
+    ``config.mlp == "hgkit"`` the FFNN is hgkit's own MLP instead (``_models.mlp``: tanh, weights N(0, 1/fan_in),
     as :mod:`.lr_schedules` trains it)."""
     if config.model == "ffnn" and config.mlp == "hgkit":  # hgkit's own MLP: tanh, weights N(0, 1/fan_in)
         return (lambda key: mlp_init(key, 784, config.width, 10)), mlp

@@ -16,7 +16,7 @@ grid's winner for all three on seed 0), and changes one factor at a time to hgki
 * ``knobs``: hgkit's knobs, fixed beforehand, instead of the reference grid's winner: η_0 = 0.01 (not 0), HD
   β = 0.03, RTHO β = 0.003, MARTHE β_0 = 0.003 with the adaptive β (α = 1e-5);
 * ``all``: the five at once;
-* ``network``: hgkit's own MLP (:func:`._models.mlp`: tanh, weights N(0, 1/fan_in)) instead of the reference's (ReLU,
+* ``network``: hgkit's own MLP (``_models.mlp``: tanh, weights N(0, 1/fan_in)) instead of the reference's (ReLU,
   Glorot-uniform weights), a difference outside the issue's list, found while explaining the ``all`` row;
 * ``hgkit``: the five, hgkit's MLP, its minibatches of 100 and its 2,000 steps: hgkit's protocol run by this module
   (what is left: which 5,000 training and 500 validation images, and how minibatches are drawn).

@@ -3,7 +3,7 @@
 ``hgkit reproduce lr-schedules --protocol factors``. On MARTHE's protocol (:mod:`.lr_schedules_reference`) the
 online methods come out RTHO > MARTHE > HD; on hgkit's (:mod:`.lr_schedules`) HD > RTHO > MARTHE. This experiment
 starts from the reference protocol at its default size, with each method at β = ``beta`` (1e-4: the reference
-grid's winner for all three on seed 0), and changes one factor at a time to hgkit's value, read from
+grid's winner for all three on each of seeds 0-2), and changes one factor at a time to hgkit's value, read from
 :data:`hgkit.experiments.lr_schedules.DEFAULT` (not re-typed here), then all of them at once:
 
 * ``reference``: nothing changed;

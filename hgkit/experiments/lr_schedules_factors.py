@@ -108,8 +108,8 @@ class Config:
         seeds: one repetition per seed (initial weights, minibatch order); every factor runs on every seed.
         mnist_dir: a folder of MNIST's four IDX files; empty: :func:`hgkit.datasets.load_mnist` (the cache).
 
-    ``DEFAULT``: 9 factors × 3 methods × 3 seeds, 81 runs of at most about 2,000 steps (about 30 minutes on this
-    machine's 2 cores with another job on one: the first eight rows took 1,724 s). ``FULL`` adds seeds 3 and 4.
+    ``DEFAULT``: 9 factors × 3 methods × 3 seeds, 81 runs of at most about 2,000 steps (1,636 s on this machine's
+    2 cores, with the test suite on them for half of it). ``FULL`` adds seeds 3 and 4.
     """
 
     width: int = ref.DEFAULT.width
@@ -153,21 +153,19 @@ def reference_config(config: Config) -> ref.Config:
     )  # fmt: skip
 
 
+def _resized(c: ref.Config, n_train: int, batch_size: int, steps: float) -> ref.Config:
+    """``c`` on ``n_train`` images in minibatches of ``batch_size`` for about ``steps`` steps (the last check within
+    them), with the same steps between checks: the reference's config says both in epochs."""
+    per_epoch = n_train // batch_size
+    # int(check_every · per_epoch) must give the interval back: aim half a step above it.
+    check_every = (ref.check_interval(c) + 0.5) / per_epoch
+    return dataclasses.replace(c, n_train=n_train, batch_size=batch_size, epochs=steps / per_epoch,
+                               check_every=check_every)  # fmt: skip
+
+
 def _fewer_images(config: Config, c: ref.Config) -> ref.Config:
     """``small_train`` images for the same steps and the same steps between checks."""
-    steps, interval = ref.total_steps(c), ref.check_interval(c)
-    per_epoch = config.small_train // c.batch_size
-    # int(check_every · per_epoch) must give the interval back: aim half a step above it.
-    return dataclasses.replace(c, n_train=config.small_train, epochs=steps / per_epoch,
-                               check_every=(interval + 0.5) / per_epoch)  # fmt: skip
-
-
-def _hgkit_length(config: Config, c: ref.Config) -> ref.Config:
-    """hgkit's minibatch and about its number of steps (the last check within ``steps``), checks as before."""
-    interval = ref.check_interval(c)
-    per_epoch = c.n_train // config.batch_size
-    return dataclasses.replace(c, batch_size=config.batch_size, epochs=config.steps / per_epoch,
-                               check_every=(interval + 0.5) / per_epoch)  # fmt: skip
+    return _resized(c, config.small_train, c.batch_size, ref.total_steps(c))
 
 
 CHANGES = {
@@ -201,7 +199,7 @@ def variant(config: Config, factor: str) -> tuple[ref.Config, list[ref.Setting]]
     if factor in ("network", "hgkit"):
         c = dataclasses.replace(c, mlp="hgkit")
     if factor == "hgkit":
-        c = _hgkit_length(config, c)
+        c = _resized(c, c.n_train, config.batch_size, config.steps)  # hgkit's minibatch and length
     settings = knob_settings() if "knobs" in changed else [s for s in ref.settings(c) if s.family in METHODS]
     return c, settings
 

@@ -2,8 +2,8 @@
 (:mod:`.lr_schedules_reference`) runs its methods on: the early-stopping rule, TF's split of full MNIST, the
 reference's two networks, the minibatch tables, and the bilevel problem whose E reads a minibatch by a step counter.
 
-A config here is a :class:`.lr_schedules_reference.Config` (its fields ``data``, ``mnist_dir``, the sizes, ``model``,
-``width``).
+A ``config`` here is a :class:`.lr_schedules_reference.Config` (its fields ``data``, ``mnist_dir``, the sizes,
+``model``, ``mlp``, ``width``), read by field and not imported: that module imports this one.
 
 Example:
     >>> early_stopping([0.1, 0.3, 0.2, 0.4, 0.4, 0.1, 0.9], patience=2)  # a tie is no improvement
@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +22,6 @@ import hgkit as hg
 
 from ._data import mnist
 from ._models import cross_entropy, mlp, mlp_init
-
-if TYPE_CHECKING:
-    from .lr_schedules_reference import Config
 
 # ----- early stopping ------------------------------------------------------------------------------------------
 
@@ -61,7 +57,7 @@ def early_stopping(values, patience: int) -> tuple[int, int]:
 # ----- data and networks ---------------------------------------------------------------------------------------
 
 
-def load_data(config: Config) -> dict:
+def load_data(config) -> dict:
     """``{"train", "val", "test"}``: TF's split of full MNIST (validation = the first 5,000 training images), cut to
     size, images as float32 rows in [0, 1] (× 1/255), int32 labels; with ``data="packaged"`` the packaged split's
     first images instead."""
@@ -99,7 +95,7 @@ def _glorot(key, shape, fan_in: int, fan_out: int):
     return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
 
 
-def network(config: Config):
+def network(config):
     """``(init(key) -> params, apply(params, x) -> logits)`` of the reference's ``ffnn`` or ``cnn``; with
     ``config.mlp == "hgkit"`` the FFNN is hgkit's own MLP instead (``_models.mlp``: tanh, weights N(0, 1/fan_in),
     as :mod:`.lr_schedules` trains it)."""
@@ -177,7 +173,7 @@ def counting(inner: hg.optim.Optimizer) -> hg.optim.Optimizer:
     return hg.optim.Optimizer(init, update)
 
 
-def make_problem(config: Config, apply, init, inner) -> hg.BilevelProblem:
+def make_problem(config, apply, init, inner) -> hg.BilevelProblem:
     """Training on ``train_data(step)``; E the cross-entropy on ``val_data = (x, y, order)``'s minibatch number
     ``params["t"]`` (the steps done)."""
 
